@@ -1,0 +1,7 @@
+"""realtime: MongoDB writes as live updates for browsers and monitoring clients."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

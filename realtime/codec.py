@@ -1,0 +1,140 @@
+"""BSON <-> JSON through one codec (orjson).
+
+ObjectId becomes its hex string, datetime ISO-8601 with milliseconds and ``Z``,
+Decimal128 a decimal string, bytes base64. Incoming JSON is checked to be a
+storable document: no field name starting with ``$``, containing ``.`` or NUL.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from bson import Binary, Decimal128, ObjectId, Timestamp
+
+from realtime.errors import BadRequest, InvalidDocument
+
+__all__ = [
+    "check_document",
+    "dumps",
+    "dumps_str",
+    "format_datetime",
+    "key_to_json",
+    "loads",
+    "parse_id",
+]
+
+_HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
+_OPTS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and ``Z`` (naive values are UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return format_datetime(value)
+    if isinstance(value, Decimal128):
+        return str(value)
+    if isinstance(value, Binary) and value.subtype in (3, 4) and len(value) == 16:
+        return str(uuid.UUID(bytes=bytes(value)))
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Timestamp):
+        return {"t": value.time, "i": value.inc}
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a BSON-decoded value as JSON bytes.
+
+    Raises:
+        TypeError: a value of a BSON type with no JSON form (e.g. a regex).
+    """
+    return orjson.dumps(value, default=_default, option=_OPTS)
+
+
+def dumps_str(value: Any) -> str:
+    """Like :func:`dumps`, as ``str``."""
+    return orjson.dumps(value, default=_default, option=_OPTS).decode()
+
+
+def loads(body: bytes | str) -> Any:
+    """Decode a JSON request body.
+
+    Raises:
+        BadRequest: the body is not valid JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def parse_id(value: Any) -> Any:
+    """A 24-hex string is an ObjectId; any other string or number is itself."""
+    if isinstance(value, str) and _HEX24.match(value):
+        return ObjectId(value)
+    return value
+
+
+def key_to_json(value: Any) -> Any:
+    """The JSON form of a document ``_id``."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return orjson.loads(dumps(value))
+
+
+def _check_value(value: Any, path: str, depth: int) -> None:
+    if depth > 100:
+        raise InvalidDocument(f"document nested deeper than 100 levels at {path!r}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidDocument(f"empty field name at {path or 'top level'!r}")
+            if key.startswith("$"):
+                raise InvalidDocument(f"field name {key!r} must not start with '$'")
+            if "." in key:
+                raise InvalidDocument(f"field name {key!r} must not contain '.'")
+            if "\x00" in key:
+                raise InvalidDocument(f"field name {key!r} must not contain NUL")
+            _check_value(item, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_value(item, f"{path}.{index}", depth + 1)
+
+
+def check_document(value: Any) -> dict[str, Any]:
+    """Return ``value`` as a document if it may be stored.
+
+    The ``_id`` (if present) is converted with :func:`parse_id`; ``_version``
+    is server-managed and removed.
+
+    Raises:
+        InvalidDocument: not a JSON object, or a field name is not storable.
+    """
+    if not isinstance(value, dict):
+        raise InvalidDocument("a document must be a JSON object")
+    _check_value(value, "", 0)
+    doc = dict(value)
+    doc.pop("_version", None)
+    if "_id" in doc:
+        if isinstance(doc["_id"], dict | list) or doc["_id"] is None:
+            raise InvalidDocument("_id must be a string or a number")
+        doc["_id"] = parse_id(doc["_id"])
+    return doc

@@ -1,0 +1,366 @@
+"""The driver seam: the only module that imports the MongoDB driver.
+
+One client per process, created in the app's lifespan. Every driver exception
+is translated here into :mod:`realtime.errors`, so the rest of the service is
+driver-agnostic (a second implementation, e.g. PyMongo's async API, is a small
+file with the same :class:`Database`/:class:`Collection`/:class:`ChangeStream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from motor.motor_asyncio import (
+    AsyncIOMotorChangeStream,
+    AsyncIOMotorClient,
+    AsyncIOMotorCollection,
+    AsyncIOMotorDatabase,
+)
+from pymongo import ReturnDocument, monitoring
+from pymongo.errors import (
+    BulkWriteError,
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
+
+from realtime.config import Settings
+from realtime.errors import (
+    DatabaseUnavailable,
+    DuplicateKey,
+    HistoryLost,
+    InvalidDocument,
+    RealtimeError,
+)
+
+__all__ = [
+    "BulkItemError",
+    "ChangeStream",
+    "Collection",
+    "Database",
+    "is_transient",
+    "translate",
+]
+
+log = logging.getLogger("realtime.db")
+T = TypeVar("T")
+
+#: Server error codes after which a change stream may be resumed (the driver's list,
+#: plus network errors which carry no code).
+_RESUMABLE_CODES = frozenset(
+    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133,
+     43}
+)
+_HISTORY_LOST_CODES = frozenset({286, 280})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors after which retrying the same operation may succeed.
+
+    Network errors, server selection timeouts and ``OperationFailure``s that carry
+    the ``ResumableChangeStreamError`` / ``RetryableWriteError`` label or a
+    resumable code are transient; ``ChangeStreamHistoryLost`` is not.
+    """
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, ConnectionFailure | ServerSelectionTimeoutError | NetworkTimeout):
+        return True
+    if isinstance(exc, OperationFailure):
+        if exc.code in _HISTORY_LOST_CODES:
+            return False
+        if exc.has_error_label("ResumableChangeStreamError"):
+            return True
+        if exc.has_error_label("RetryableWriteError"):
+            return True
+        return exc.code in _RESUMABLE_CODES
+    return False
+
+
+def translate(exc: BaseException) -> RealtimeError:
+    """Map a driver exception to the service's error tree."""
+    if isinstance(exc, DuplicateKeyError):
+        return DuplicateKey("a document with this _id already exists")
+    if isinstance(exc, OperationFailure) and exc.code in _HISTORY_LOST_CODES:
+        return HistoryLost(f"change stream history lost: {exc}")
+    if isinstance(exc, WTimeoutError | ExecutionTimeout) or is_transient(exc):
+        return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+    if isinstance(exc, OperationFailure) and exc.code in (2, 9, 14, 52, 55, 17419, 10334):
+        return InvalidDocument(f"rejected by the database: {exc.details or exc}")
+    return RealtimeError(f"database error: {type(exc).__name__}")
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except PyMongoError as exc:
+        raise translate(exc) from exc
+
+
+async def _call(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except PyMongoError as exc:
+        raise translate(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItemError:
+    """One failed item of an ordered bulk insert."""
+
+    index: int
+    code: int
+    message: str
+
+
+class _HealthLogger(monitoring.ServerHeartbeatListener, monitoring.ServerListener):
+    """Logs connection health: server state changes and heartbeat failures."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.closing = False
+
+    def started(self, event: Any) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("database %s answers heartbeats again", event.connection_id)
+
+    def failed(self, event: Any) -> None:
+        if not self.failing and not self.closing:
+            self.failing = True
+            log.warning("database %s heartbeat failed: %s", event.connection_id, event.reply)
+
+    def opened(self, event: Any) -> None:
+        log.debug("database server %s added to topology", event.server_address)
+
+    def description_changed(self, event: Any) -> None:
+        old, new = event.previous_description.server_type_name, event.new_description.server_type
+        if old != event.new_description.server_type_name:
+            log.info("database %s is now %s (was %s)", event.server_address,
+                     event.new_description.server_type_name, old)
+        del new
+
+    def closed(self, event: Any) -> None:
+        log.debug("database server %s removed from topology", event.server_address)
+
+
+class ChangeStream:
+    """A change stream cursor; events are raw BSON-decoded dicts."""
+
+    def __init__(self, stream: AsyncIOMotorChangeStream[Any]) -> None:
+        self._stream = stream
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None:
+        """The post-batch resume token (known before any event arrives)."""
+        token = self._stream.resume_token
+        return token if token is None else dict(token)
+
+    async def try_next(self) -> dict[str, Any] | None:
+        """The next event, or None after one empty ``getMore`` wait.
+
+        Raises:
+            DatabaseUnavailable: a transient error the driver could not resume from.
+            HistoryLost: the resume point is gone from the oplog.
+        """
+        return await _call(self._stream.try_next())
+
+    async def close(self) -> None:
+        """Close the server cursor (errors ignored)."""
+        with contextlib.suppress(PyMongoError):
+            await self._stream.close()
+
+
+class Collection:
+    """Document operations on one collection, with driver errors translated."""
+
+    def __init__(self, coll: AsyncIOMotorCollection[Any]) -> None:
+        self._coll = coll
+        self.name: str = coll.name
+
+    async def insert_one(self, doc: dict[str, Any]) -> Any:
+        """Insert ``doc``; return its ``_id``. Raises DuplicateKey, DatabaseUnavailable."""
+        result = await _call(self._coll.insert_one(doc))
+        return result.inserted_id
+
+    async def insert_many(
+        self, docs: Sequence[dict[str, Any]]
+    ) -> tuple[list[Any], list[BulkItemError]]:
+        """Ordered insert; returns inserted ids and the error that stopped it (if any)."""
+        try:
+            result = await self._coll.insert_many(list(docs), ordered=True)
+        except BulkWriteError as exc:
+            details = exc.details
+            n = int(details.get("nInserted", 0))
+            errors = [
+                BulkItemError(int(e["index"]), int(e.get("code", 0)), str(e.get("errmsg", "")))
+                for e in details.get("writeErrors", [])
+            ]
+            return [d.get("_id") for d in docs[:n]], errors
+        except PyMongoError as exc:
+            raise translate(exc) from exc
+        return list(result.inserted_ids), []
+
+    async def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
+        """One matching document or None."""
+        doc: dict[str, Any] | None = await _call(self._coll.find_one(query))
+        return doc
+
+    async def find(
+        self,
+        query: Mapping[str, Any],
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        skip: int = 0,
+        batch_size: int = 100,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream matching documents from a server cursor."""
+        cursor = self._coll.find(query, sort=list(sort) if sort else None, limit=limit,
+                                 skip=skip, batch_size=batch_size)
+        try:
+            async with _translated():
+                async for doc in cursor:
+                    yield doc
+        finally:
+            await cursor.close()
+
+    async def find_one_and_replace(
+        self, query: Mapping[str, Any], doc: dict[str, Any], *, upsert: bool = False
+    ) -> dict[str, Any] | None:
+        """Replace the matching document; return the new one (None if nothing matched)."""
+        result: dict[str, Any] | None = await _call(self._coll.find_one_and_replace(
+            query, doc, upsert=upsert, return_document=ReturnDocument.AFTER))
+        return result
+
+    async def find_one_and_update(
+        self, query: Mapping[str, Any], update: Mapping[str, Any], *, upsert: bool = False
+    ) -> dict[str, Any] | None:
+        """Update the matching document; return the new one (None if nothing matched)."""
+        result: dict[str, Any] | None = await _call(self._coll.find_one_and_update(
+            query, update, upsert=upsert, return_document=ReturnDocument.AFTER))
+        return result
+
+    async def delete_one(self, query: Mapping[str, Any]) -> int:
+        """Delete one matching document; return how many were deleted."""
+        result = await _call(self._coll.delete_one(query))
+        return int(result.deleted_count)
+
+
+class Database:
+    """The process's one client and its database, created in the app's lifespan."""
+
+    def __init__(self, settings: Settings, uri: str) -> None:
+        self._health = _HealthLogger()
+        self._client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
+            uri,
+            maxPoolSize=settings.max_pool_size,
+            serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
+            connectTimeoutMS=settings.connect_timeout_ms,
+            socketTimeoutMS=settings.socket_timeout_ms,
+            appname=settings.app_name,
+            tz_aware=True,
+            event_listeners=[self._health],
+        )
+        self._db: AsyncIOMotorDatabase[dict[str, Any]] = self._client.get_database(
+            settings.database, write_concern=WriteConcern(w="majority")
+        )
+        self.name = settings.database
+        self._prepared: set[str] = set()
+
+    async def ping(self) -> None:
+        """Raises DatabaseUnavailable unless the database answers."""
+        await _call(self._client.admin.command("ping"))
+
+    async def command(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Run a database command (used by tests and the feed's oplog probe)."""
+        result: dict[str, Any] = await _call(self._db.command(dict(command)))
+        return result
+
+    async def admin_command(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Run an admin command (e.g. ``configureFailPoint`` in tests)."""
+        result: dict[str, Any] = await _call(self._client.admin.command(dict(command)))
+        return result
+
+    def collection(self, name: str) -> Collection:
+        """A collection handle (no I/O)."""
+        return Collection(self._db.get_collection(name))
+
+    async def prepare_collection(self, name: str) -> None:
+        """Create ``name`` with change-stream pre-images if it does not exist yet.
+
+        Pre-images let the live feed decide exactly whether an update moved a
+        document out of a subscription's filter and which subscribers saw a
+        deleted document.
+        """
+        if name in self._prepared:
+            return
+        try:
+            await self._db.create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+        except CollectionInvalid:
+            pass  # already exists
+        except OperationFailure as exc:
+            if exc.code != 48:  # NamespaceExists
+                raise translate(exc) from exc
+        except PyMongoError as exc:
+            raise translate(exc) from exc
+        self._prepared.add(name)
+
+    async def list_collection_names(self) -> list[str]:
+        """Names of the database's collections."""
+        names: list[str] = await _call(self._db.list_collection_names())
+        return names
+
+    async def watch(
+        self,
+        pipeline: Sequence[Mapping[str, Any]],
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+        max_await_time_ms: int | None = None,
+        batch_size: int | None = None,
+    ) -> ChangeStream:
+        """Open a change stream on the database.
+
+        Full documents come by ``updateLookup`` and pre-images when available.
+
+        Raises:
+            DatabaseUnavailable, HistoryLost
+        """
+        stream = self._db.watch(
+            list(pipeline),
+            full_document="updateLookup",
+            full_document_before_change="whenAvailable",
+            resume_after=resume_after,
+            start_after=start_after,
+            max_await_time_ms=max_await_time_ms,
+            batch_size=batch_size,
+        )
+        # Open the server cursor now (Motor opens it lazily on a worker thread), so
+        # errors surface here and the post-batch resume token is known at once.
+        loop = asyncio.get_running_loop()
+        async with _translated():
+            await loop.run_in_executor(None, stream._lazy_init)
+        return ChangeStream(stream)
+
+    def close(self) -> None:
+        """Close the client and its pool."""
+        self._health.closing = True
+        self._client.close()
+

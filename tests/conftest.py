@@ -1,0 +1,134 @@
+"""Shared fixtures: a real SecantusDB server, the app, a real uvicorn server.
+
+One SecantusDB (``:memory:``) serves the whole run; each test gets its own
+database name, so tests are isolated without restarting the server. Fault tests
+start fresh servers of their own with :func:`fresh_mongo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from realtime.app import create_app
+from realtime.config import Settings
+from realtime.embedded import EmbeddedServer
+from realtime.server import make_server, wait_started
+
+os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--stress", action="store_true", help="run the long stress variants")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--stress"):
+        return
+    skip = pytest.mark.skip(reason="stress variant: run with --stress")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mongo() -> Iterator[EmbeddedServer]:
+    """One SecantusDB server for the whole run (test commands enabled)."""
+    server = EmbeddedServer(":memory:", sync_on_commit=False, test_commands=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(mongo: EmbeddedServer) -> Settings:
+    """Settings pointing at the session server with a database of the test's own."""
+    return Settings(
+        mongodb_uri=mongo.uri,
+        database=f"t_{uuid.uuid4().hex[:12]}",
+        port=0,
+        heartbeat_seconds=5,
+        server_selection_timeout_ms=1500,
+    )
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Any]:
+    """The app with its lifespan running (no socket)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    async with running_app(settings) as application:
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client calling the app in-process (ASGI transport)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.server = make_server(self.app, settings)
+        self.task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def start(self) -> LiveServer:
+        self.task = asyncio.create_task(self.server.serve())
+        self.port = await wait_started(self.server, self.task, 30)
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            await asyncio.wait_for(self.task, 15)
+            self.task = None
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    server = await LiveServer(settings).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[LiveServer]:
+    """A real uvicorn server running the app (for WebSocket tests)."""
+    async with live_server(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the live server over a real socket."""
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as c:
+        yield c

@@ -1,0 +1,233 @@
+"""Test helpers: a small WebSocket test client and a subprocess server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from realtime.embedded import free_port
+
+
+class WSClient:
+    """A real WebSocket client speaking protocol v1, with timeouts everywhere."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+        self.marker_ready = False
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        if isinstance(message, dict):
+            await self.ws.send(orjson.dumps(message).decode())
+        else:
+            await self.ws.send(message)
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        value: dict[str, Any] = orjson.loads(raw)
+        return value
+
+    async def expect(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        message = await self.recv(timeout)
+        assert message["type"] == type_, message
+        return message
+
+    async def subscribe(self, sub: str, collection: str, **fields: Any) -> dict[str, Any]:
+        await self.send({"op": "subscribe", "sub": sub, "collection": collection, **fields})
+        return await self.expect("subscribed")
+
+    async def changes(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The next ``n`` messages, each asserted to be a change."""
+        out = []
+        for _ in range(n):
+            out.append(await self.expect("change", timeout))
+        return out
+
+    async def drain_until_marker(self, http: httpx.AsyncClient,
+                                 timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Everything the server sends before a marker write is seen.
+
+        Proves the absence of messages without sleeping: the client has a
+        subscription ``__marker__`` on the ``markers`` collection; one change stream
+        delivers in commit order, so every change committed before the marker
+        arrives before the marker's own change.
+        """
+        before = []
+        if not self.marker_ready:
+            await self.send({"op": "subscribe", "sub": "__marker__", "collection": "markers"})
+            while True:
+                message = await self.recv(timeout)
+                if message.get("type") == "subscribed" and message["sub"] == "__marker__":
+                    break
+                before.append(message)
+            self.marker_ready = True
+        r = await http.post("/api/collections/markers/documents", json={"m": 1})
+        assert r.status_code == 201, r.text
+        key = r.json()["_id"]
+        while True:
+            message = await self.recv(timeout)
+            if message.get("sub") == "__marker__":
+                if message.get("key") == key:
+                    return before
+                continue
+            before.append(message)
+
+
+@asynccontextmanager
+async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WSClient]:
+    kwargs.setdefault("ping_interval", None)  # the server sends the heartbeats
+    async with connect(url, max_size=None, open_timeout=10, **kwargs) as ws:
+        client = WSClient(ws)
+        client.welcome = await client.expect("welcome")
+        yield client
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float,
+                     what: str = "condition") -> None:
+    """Poll an async predicate until it is true (an event we cannot await directly)."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+class ServerProcess:
+    """``python -m realtime serve`` as a real subprocess."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None,
+                 cwd: Path | None = None, args: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, **env, "REALTIME_PORT": str(self.port)}
+        self.cwd = cwd
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "realtime", "serve", "--log-level", "warning", *self.args],
+            env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        async with httpx.AsyncClient(timeout=2) as http:
+            async def ready() -> bool:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}")
+                try:
+                    return (await http.get(f"{self.url}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+            await wait_until(ready, timeout, "server ready")
+
+    async def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.spawn()
+        await self.wait_ready(timeout)
+        return self
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@asynccontextmanager
+async def server_process(env: dict[str, str], **kwargs: Any) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(env, **kwargs)
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+class RawClient:
+    """A WebSocket client on a raw socket with a tiny receive buffer.
+
+    It reads only when told to, so it models a peer that stopped reading: the
+    kernel buffers fill and the server's transport pauses. Framing uses the
+    ``websockets`` sans-I/O protocol.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.addr = (host, port)
+        self.protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}/ws"), max_size=None)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        self.sock.setblocking(False)
+
+    async def _pump(self) -> bool:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 65536)
+        self.protocol.receive_data(data)
+        return bool(data)
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, self.addr)
+        request = self.protocol.connect()
+        self.protocol.send_request(request)
+        for chunk in self.protocol.data_to_send():
+            await loop.sock_sendall(self.sock, chunk)
+        from websockets.protocol import State
+
+        async with asyncio.timeout(10):
+            while self.protocol.state is State.CONNECTING:
+                await self._pump()
+        self.protocol.events_received()
+        if self.protocol.handshake_exc is not None:
+            raise self.protocol.handshake_exc
+
+    async def send_text(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        for chunk in self.protocol.data_to_send():
+            await asyncio.get_running_loop().sock_sendall(self.sock, chunk)
+
+    async def read_until_closed(self, timeout: float = 30.0) -> tuple[int | None, int]:
+        """Read everything; return the close code received and the text frames seen."""
+        from websockets.frames import Opcode
+
+        frames = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                alive = await self._pump()
+                for event in self.protocol.events_received():
+                    if getattr(event, "opcode", None) is Opcode.TEXT:
+                        frames += 1
+                if self.protocol.close_rcvd is not None:
+                    return self.protocol.close_rcvd.code, frames
+                if not alive:
+                    return None, frames
+
+    def close(self) -> None:
+        self.sock.close()
