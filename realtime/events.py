@@ -1,0 +1,168 @@
+"""Change events: one raw change-stream event normalised and encoded once.
+
+Pure functions, no I/O. The feed turns every raw event into an :class:`Event`
+whose JSON body (everything but ``type``, ``sub`` and ``op``) is encoded once;
+the hub splices a per-subscription prefix onto it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from realtime import protocol
+from realtime.codec import dumps_str, format_datetime, key_to_json
+
+__all__ = ["DOCUMENT_OPS", "STREAM_OPS", "Event", "apply_update", "normalise"]
+
+#: Operations that concern one document.
+DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
+#: Operations that end or reset a collection's history.
+STREAM_OPS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+
+
+@dataclass(slots=True, eq=False)
+class Event:
+    """One normalised change, shared by every subscriber it is sent to."""
+
+    id: str
+    op: str
+    collection: str
+    key: Any
+    document: dict[str, Any] | None
+    before: dict[str, Any] | None
+    changed: frozenset[str] | None
+    ts: str
+    body: str
+    received: float = field(default_factory=time.monotonic)
+    seq: int = 0
+    _leave: str | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The document's ``_version`` after this change, if known."""
+        if self.document is None:
+            return None
+        value = self.document.get("_version")
+        return value if isinstance(value, int) else None
+
+    @property
+    def leave(self) -> str:
+        """The body of a ``leave`` message for this event (built on first use)."""
+        if self._leave is None:
+            self._leave = protocol.leave_body(id=self.id, collection=self.collection,
+                                              key=self.key, ts=self.ts)
+        return self._leave
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    target: Any = doc
+    for part in parts[:-1]:
+        target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(target, list):
+        index = int(last)
+        while len(target) <= index:
+            target.append(None)
+        target[index] = value
+    else:
+        target[last] = value
+
+
+def _unset_path(doc: dict[str, Any], path: str) -> None:
+    parts = path.split(".")
+    target: Any = doc
+    for part in parts[:-1]:
+        target = target[int(part)] if isinstance(target, list) else target.get(part)
+        if target is None:
+            return
+    if isinstance(target, dict):
+        target.pop(parts[-1], None)
+    elif isinstance(target, list):
+        target[int(parts[-1])] = None
+
+
+def apply_update(before: Mapping[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
+    """The post-image of an update: ``before`` with ``updateDescription`` applied.
+
+    Raises:
+        ValueError: the description does not fit the document.
+    """
+    doc = copy.deepcopy(dict(before))
+    try:
+        for path, size in ((t["field"], t["newSize"]) for t in
+                           description.get("truncatedArrays") or ()):
+            target: Any = doc
+            for part in path.split("."):
+                target = target[int(part)] if isinstance(target, list) else target[part]
+            del target[size:]
+        for path in description.get("removedFields") or ():
+            _unset_path(doc, path)
+        for path, value in (description.get("updatedFields") or {}).items():
+            _set_path(doc, path, value)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"update description does not apply: {exc}") from exc
+    return doc
+
+
+def _ts(raw: Mapping[str, Any]) -> str:
+    wall = raw.get("wallTime")
+    if isinstance(wall, dt.datetime):
+        return format_datetime(wall)
+    cluster = raw.get("clusterTime")
+    seconds = getattr(cluster, "time", None)
+    if isinstance(seconds, int):
+        return format_datetime(dt.datetime.fromtimestamp(seconds, dt.UTC))
+    return format_datetime(dt.datetime.now(dt.UTC))
+
+
+def normalise(raw: Mapping[str, Any]) -> Event | None:
+    """Turn a raw change-stream event into an :class:`Event` (None for other ops).
+
+    For an update with a pre-image the post-image is computed exactly from the
+    update description; otherwise the looked-up ``fullDocument`` is used.
+    """
+    op = raw.get("operationType")
+    token = raw["_id"]["_data"]
+    ns = raw.get("ns") or {}
+    collection = ns.get("coll", "")
+    ts = _ts(raw)
+    if op not in DOCUMENT_OPS:
+        if op in STREAM_OPS:
+            return Event(id=token, op=str(op), collection=collection, key=None, document=None,
+                         before=None, changed=None, ts=ts, body="")
+        return None
+    key = key_to_json((raw.get("documentKey") or {}).get("_id"))
+    before = raw.get("fullDocumentBeforeChange")
+    document = raw.get("fullDocument")
+    changed: frozenset[str] | None = None
+    updated_json: str | None = None
+    removed: list[str] | None = None
+    if op == "update":
+        description = raw.get("updateDescription") or {}
+        updated = description.get("updatedFields") or {}
+        removed = list(description.get("removedFields") or ())
+        changed = frozenset(p.split(".", 1)[0] for p in (*updated, *removed))
+        updated_json = dumps_str(updated)
+        if before is not None:
+            with contextlib.suppress(ValueError):  # else keep the looked-up document
+                document = apply_update(before, description)
+    elif op == "delete":
+        document = None
+    body = protocol.encode_event_body(
+        id=token,
+        collection=collection,
+        key=key,
+        document=None if document is None else dumps_str(document),
+        updated=updated_json,
+        removed=removed,
+        ts=ts,
+    )
+    return Event(id=token, op=op, collection=collection, key=key, document=document,
+                 before=before, changed=changed, ts=ts, body=body)
