@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     )
     snapshot_max: int = Field(default=1000, ge=1)
     feed_max_await_ms: int = Field(default=1000, ge=10)
+    stall_factor: float = Field(
+        default=5.0, gt=1, description="A feed silent for this many await times restarts."
+    )
+    retry_base_seconds: float = Field(default=0.1, gt=0)
+    retry_cap_seconds: float = Field(default=10.0, gt=0)
+    catchup_concurrency: int = Field(
+        default=8, ge=1, description="Catch-up change streams open at once."
+    )
     startup_wait_seconds: float = Field(
         default=10.0, ge=0, description="How long start-up waits for the change stream."
     )

@@ -16,6 +16,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import bson
+import bson.errors
+from bson import Timestamp
 from motor.motor_asyncio import (
     AsyncIOMotorChangeStream,
     AsyncIOMotorClient,
@@ -52,6 +55,7 @@ __all__ = [
     "Collection",
     "Database",
     "is_transient",
+    "token_time",
     "translate",
 ]
 
@@ -158,6 +162,22 @@ class _HealthLogger(monitoring.ServerHeartbeatListener, monitoring.ServerListene
 
     def closed(self, event: Any) -> None:
         log.debug("database server %s removed from topology", event.server_address)
+
+
+def token_time(data: str) -> tuple[int, int] | None:
+    """The cluster time inside a resume token, where its format is known.
+
+    SecantusDB tokens are hex-encoded BSON documents with the cluster time in
+    ``t``; MongoDB's KeyString tokens are not decoded (None).
+    """
+    try:
+        decoded = bson.decode(bytes.fromhex(data))
+    except (ValueError, bson.errors.BSONError):
+        return None
+    ts = decoded.get("t")
+    if isinstance(ts, Timestamp):
+        return (ts.time, ts.inc)
+    return None
 
 
 class ChangeStream:
@@ -297,6 +317,18 @@ class Database:
         """Run an admin command (e.g. ``configureFailPoint`` in tests)."""
         result: dict[str, Any] = await _call(self._client.admin.command(dict(command)))
         return result
+
+    async def oldest_oplog_time(self) -> tuple[int, int] | None:
+        """Cluster time of the oldest oplog entry, or None if it cannot be read."""
+        try:
+            entry = await self._client.local["oplog.rs"].find_one(
+                {}, sort=[("$natural", 1)], projection={"ts": 1})
+        except PyMongoError:
+            return None
+        ts = None if entry is None else entry.get("ts")
+        if isinstance(ts, Timestamp):
+            return (ts.time, ts.inc)
+        return None
 
     def collection(self, name: str) -> Collection:
         """A collection handle (no I/O)."""

@@ -18,7 +18,7 @@ from typing import Any
 from realtime import protocol
 from realtime.codec import dumps_str, format_datetime, key_to_json
 
-__all__ = ["DOCUMENT_OPS", "STREAM_OPS", "Event", "apply_update", "normalise"]
+__all__ = ["DOCUMENT_OPS", "STREAM_OPS", "Event", "apply_update", "cluster_time", "normalise"]
 
 #: Operations that concern one document.
 DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
@@ -39,6 +39,8 @@ class Event:
     changed: frozenset[str] | None
     ts: str
     body: str
+    #: The commit's cluster time ``(seconds, increment)``: totally orders events.
+    ct: tuple[int, int] = (0, 0)
     received: float = field(default_factory=time.monotonic)
     seq: int = 0
     _leave: str | None = None
@@ -122,6 +124,15 @@ def _ts(raw: Mapping[str, Any]) -> str:
     return format_datetime(dt.datetime.now(dt.UTC))
 
 
+def cluster_time(raw: Mapping[str, Any]) -> tuple[int, int]:
+    """The event's cluster time as ``(seconds, increment)`` ((0, 0) if absent)."""
+    cluster = raw.get("clusterTime")
+    seconds, inc = getattr(cluster, "time", None), getattr(cluster, "inc", None)
+    if isinstance(seconds, int) and isinstance(inc, int):
+        return (seconds, inc)
+    return (0, 0)
+
+
 def normalise(raw: Mapping[str, Any]) -> Event | None:
     """Turn a raw change-stream event into an :class:`Event` (None for other ops).
 
@@ -133,10 +144,11 @@ def normalise(raw: Mapping[str, Any]) -> Event | None:
     ns = raw.get("ns") or {}
     collection = ns.get("coll", "")
     ts = _ts(raw)
+    ct = cluster_time(raw)
     if op not in DOCUMENT_OPS:
         if op in STREAM_OPS:
             return Event(id=token, op=str(op), collection=collection, key=None, document=None,
-                         before=None, changed=None, ts=ts, body="")
+                         before=None, changed=None, ts=ts, body="", ct=ct)
         return None
     key = key_to_json((raw.get("documentKey") or {}).get("_id"))
     before = raw.get("fullDocumentBeforeChange")
@@ -165,4 +177,4 @@ def normalise(raw: Mapping[str, Any]) -> Event | None:
         ts=ts,
     )
     return Event(id=token, op=op, collection=collection, key=key, document=document,
-                 before=before, changed=changed, ts=ts, body=body)
+                 before=before, changed=changed, ts=ts, body=body, ct=ct)

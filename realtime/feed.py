@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from realtime import protocol
 from realtime.config import Settings
-from realtime.db import ChangeStream, Database, is_transient
+from realtime.db import ChangeStream, Database, is_transient, token_time
 from realtime.errors import HistoryLost, RealtimeError
-from realtime.events import STREAM_OPS, normalise
-from realtime.hub import Hub
+from realtime.events import STREAM_OPS, cluster_time, normalise
+from realtime.hub import Hub, Subscription
 
 __all__ = ["Backoff", "Feed", "FeedState"]
 
 log = logging.getLogger("realtime.feed")
+
+
+class Stalled(RealtimeError):
+    """The change stream produced neither a batch nor a heartbeat in time."""
 
 
 class FeedState(StrEnum):
@@ -59,6 +64,13 @@ class Backoff:
         self.attempt = 0
 
 
+def collection_pipeline(collection: str) -> list[dict[str, Any]]:
+    """The ``$match`` stage of a catch-up stream for one collection."""
+    return [{"$match": {"ns.coll": collection,
+                        "operationType": {"$in": ["insert", "update", "replace", "delete",
+                                                  "drop", "rename", "invalidate"]}}}]
+
+
 def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
     """The ``$match`` stage of the feed's change stream."""
     ops = ["insert", "update", "replace", "delete", "drop", "rename", "dropDatabase",
@@ -84,7 +96,10 @@ class Feed:
         self.last_error: str | None = None
         self.retrying_since: float | None = None
         self.restarts = 0
+        self.catchups = 0
         self.last_event_wall: float | None = None
+        self._catchup_slots = asyncio.Semaphore(settings.catchup_concurrency)
+        self._catchups: set[asyncio.Task[None]] = set()
         #: The resume token after the last published event (or post-batch token).
         self.token: Mapping[str, Any] | None = None
         self._invalidated = False
@@ -94,13 +109,22 @@ class Feed:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="realtime-feed")
 
     async def stop(self) -> None:
-        """Cancel the watcher task and wait for it."""
-        task, self._task = self._task, None
-        if task is not None:
+        """Cancel the watcher task and every catch-up, and wait for them."""
+        tasks = [t for t in (self._task, *self._catchups) if t is not None]
+        self._task = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.state = FeedState.STOPPED
+
+    @property
+    def lag(self) -> float | None:
+        """Seconds between the last event's commit and now (None before any event)."""
+        if self.last_event_wall is None:
+            return None
+        return max(0.0, time.time() - self.last_event_wall)
 
     async def wait_live(self, timeout: float) -> None:
         """Wait until the stream is open (raises TimeoutError)."""
@@ -121,7 +145,7 @@ class Feed:
         )
 
     async def _run(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
         while True:
             try:
                 stream = await self._open()
@@ -140,7 +164,13 @@ class Feed:
             except HistoryLost as exc:
                 self._history_lost(exc)
             except RealtimeError as exc:
-                await self._retry(backoff, exc)
+                if not is_transient(exc) and not isinstance(exc, Stalled):
+                    # The stream cannot be resumed: start from now, and every
+                    # subscriber reloads (never a restart loop on a dead token).
+                    self._history_lost(exc)
+                    await self._retry(backoff, exc)
+                else:
+                    await self._retry(backoff, exc)
             finally:
                 await stream.close()
 
@@ -177,8 +207,13 @@ class Feed:
 
     async def _pump(self, stream: ChangeStream) -> None:
         hub = self._hub
+        # No batch and no heartbeat (an empty batch) in this long means it stalled.
+        stall_after = self._settings.feed_max_await_ms / 1000 * self._settings.stall_factor
         while True:
-            raw = await stream.try_next()
+            try:
+                raw = await asyncio.wait_for(stream.try_next(), stall_after)
+            except TimeoutError:
+                raise Stalled(f"no batch or heartbeat in {stall_after:.1f} s") from None
             if raw is None:
                 token = stream.resume_token
                 if token is not None and token != self.token:
@@ -195,7 +230,8 @@ class Feed:
                     self._invalidated = True
                     return
                 continue
-            self.last_event_wall = time.time()
+            wall = raw.get("wallTime")
+            self.last_event_wall = wall.timestamp() if wall is not None else time.time()
             hub.publish(ev)
 
     def _stream_event(self, op: str, collection: str, raw: Mapping[str, Any]) -> None:
@@ -207,3 +243,100 @@ class Feed:
             self._hub.resync("invalidated")
         else:
             self._hub.resync("invalidated", collection)
+
+    # -- catch-up: resume beyond the ring ----------------------------------------
+    def catch_up(self, subscription: Subscription, since: str) -> asyncio.Task[None]:
+        """Replay to ``subscription`` every change after ``since`` from the oplog.
+
+        The subscription must already be registered with ``pending`` set, so live
+        events are held back meanwhile. The catch-up stream is filtered to its
+        collection; it hands over to live delivery when it meets an event the
+        ring holds (the ring replays the rest) or when it has caught up with the
+        present (held-back events it already delivered are skipped by cluster
+        time). At most ``catchup_concurrency`` run at once; others wait.
+        """
+        task = asyncio.get_running_loop().create_task(self._catch_up(subscription, since))
+        self._catchups.add(task)
+        task.add_done_callback(self._catchups.discard)
+        return task
+
+    async def _history_gone(self, since: str) -> bool:
+        """True if the oplog no longer holds ``since`` (servers that prune lazily)."""
+        when = token_time(since)
+        if when is None:
+            return False
+        oldest = await self._db.oldest_oplog_time()
+        return oldest is not None and when < oldest
+
+    async def _catch_up(self, sub: Subscription, since: str) -> None:
+        conn = sub.conn
+        backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
+        async with self._catchup_slots:
+            self.catchups += 1
+            while not conn.closed:
+                try:
+                    if await self._history_gone(since):
+                        raise HistoryLost("the oplog no longer holds the resume point")
+                    stream = await self._db.watch(collection_pipeline(sub.collection),
+                                                  resume_after={"_data": since},
+                                                  max_await_time_ms=100)
+                except HistoryLost:
+                    self._catch_up_lost(sub)
+                    return
+                except RealtimeError as exc:
+                    if not is_transient(exc):
+                        self._catch_up_lost(sub)
+                        return
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                try:
+                    since, done = await self._replay(sub, stream)
+                except HistoryLost:
+                    self._catch_up_lost(sub)
+                    return
+                except RealtimeError as exc:
+                    if not is_transient(exc):
+                        self._catch_up_lost(sub)
+                        return
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                finally:
+                    await stream.close()
+                if done:
+                    return
+
+    async def _replay(self, sub: Subscription, stream: ChangeStream) -> tuple[str, bool]:
+        """Replay from ``stream``; return (the last token seen, handed over)."""
+        hub = self._hub
+        last_token = ""
+        last_ct: tuple[int, int] | None = None
+        while not sub.conn.closed:
+            raw = await stream.try_next()
+            if raw is None:
+                # Caught up with the present: what the hub holds back is newer,
+                # except events this stream already delivered (same cluster time).
+                sub.floor = last_ct
+                sub.go_live()
+                return last_token, True
+            last_token = str(raw["_id"]["_data"])
+            last_ct = cluster_time(raw)
+            ev = normalise(raw)
+            if ev is None:
+                continue
+            if ev.op in STREAM_OPS:
+                sub.conn.send(protocol.render_resync(sub.sub, protocol.ResyncReason.INVALIDATED))
+                sub.floor = last_ct
+                sub.go_live()
+                return last_token, True
+            sub.emit(ev)
+            if hub.has_event(ev.id):
+                # The ring holds everything after this event: hand over to it.
+                sub.pending = None
+                sub.snapshot_versions = {}
+                hub.replay(sub, ev.id)
+                return last_token, True
+        return last_token, True
+
+    def _catch_up_lost(self, sub: Subscription) -> None:
+        sub.conn.send(protocol.render_resync(sub.sub, protocol.ResyncReason.HISTORY_LOST))
+        sub.go_live()

@@ -142,8 +142,8 @@ class Connection:
 class Subscription:
     """One ``subscribe``: a connection, a collection and a compiled filter."""
 
-    __slots__ = ("collection", "conn", "fields", "filter", "match", "pending", "prefix",
-                 "snapshot_versions", "sub")
+    __slots__ = ("collection", "conn", "fields", "filter", "floor", "match", "pending",
+                 "prefix", "snapshot_versions", "sub")
 
     def __init__(self, conn: Connection, sub: str, collection: str,
                  filter: Mapping[str, Any]) -> None:
@@ -159,6 +159,8 @@ class Subscription:
         #: Events held back while a snapshot is read (None once live).
         self.pending: deque[tuple[str, Event]] | None = None
         self.snapshot_versions: dict[Any, int] = {}
+        #: After a catch-up: events at or before this cluster time were delivered.
+        self.floor: tuple[int, int] | None = None
 
     def decide(self, ev: Event) -> str | None:
         """The ``op`` this subscription receives for ``ev``, or None.
@@ -189,7 +191,11 @@ class Subscription:
         return None
 
     def deliver(self, ev: Event) -> None:
-        """Send (or hold back, while a snapshot is read) ``ev`` if it concerns us."""
+        """Send (or hold back, while a snapshot or catch-up runs) ``ev`` if it concerns us."""
+        if self.floor is not None:
+            if ev.ct <= self.floor:
+                return  # already delivered by the catch-up stream
+            self.floor = None
         op = self.decide(ev)
         if op is None:
             return
@@ -203,6 +209,13 @@ class Subscription:
         self.conn.send(protocol.render_change(self.prefix, op,
                                               ev.leave if op == "leave" else ev.body))
 
+    def emit(self, ev: Event) -> None:
+        """Send ``ev`` now if it concerns us, bypassing the hold-back (catch-up replay)."""
+        op = self.decide(ev)
+        if op is not None:
+            self.conn.send(protocol.render_change(self.prefix, op,
+                                                  ev.leave if op == "leave" else ev.body))
+
     def go_live(self) -> int:
         """Flush events held back during the snapshot and deliver live from now on.
 
@@ -214,8 +227,11 @@ class Subscription:
         if pending is None:
             return 0
         versions = self.snapshot_versions
+        floor = self.floor
         while pending:
             op, ev = pending.popleft()
+            if floor is not None and ev.ct <= floor:
+                continue
             if op != "delete" and op != "leave":
                 seen = versions.get(ev.key)
                 version = ev.version
@@ -322,6 +338,10 @@ class Hub:
         if seq < oldest - 1:
             return None
         return seq
+
+    def has_event(self, event_id: str) -> bool:
+        """True if the event ``event_id`` is in the ring."""
+        return event_id in self._ids
 
     def can_replay(self, since: str) -> bool:
         """True if every event after ``since`` is still in the ring."""

@@ -74,11 +74,14 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
     if msg.since is not None:
         head = hub.head()
         conn.send(protocol.render_subscribed(msg.sub, head))
-        hub.add(sub)
         if hub.can_replay(msg.since):
+            hub.add(sub)
             hub.replay(sub, msg.since)
         else:
-            conn.send(protocol.render_resync(msg.sub, protocol.ResyncReason.HISTORY_LOST))
+            # Older than the ring: a catch-up stream from the oplog, live held back.
+            sub.pending = deque()
+            hub.add(sub)
+            services.feed.catch_up(sub, msg.since)
         return
 
     if not msg.snapshot:
