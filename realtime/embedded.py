@@ -108,10 +108,11 @@ class EmbeddedServer:
         if self.test_commands:
             args.append("--enable-test-commands")
         args.extend(self.extra_args)
+        self._close_log()
         if self.storage_path != ":memory:":
-            Path(self.storage_path).mkdir(parents=True, exist_ok=True)
-            self._log = open(Path(self.storage_path).parent / (Path(self.storage_path).name  # noqa: SIM115
-                                                               + ".log"), "ab")
+            path = Path(self.storage_path)
+            path.mkdir(parents=True, exist_ok=True)
+            self._log = open(path.parent / f"{path.name}.log", "ab")  # noqa: SIM115
         log.info("starting embedded database on %s:%d (%s)", self.host, self.port,
                  self.storage_path)
         self.process = subprocess.Popen(  # noqa: S603 - fixed executable, our own args
@@ -163,11 +164,17 @@ class EmbeddedServer:
         self.wait_ready(timeout)
         return self.uri
 
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def kill(self) -> None:
         """SIGKILL the server (a crash, for fault tests) and reap it."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close_log()
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL."""
@@ -180,9 +187,7 @@ class EmbeddedServer:
                 log.warning("embedded database did not stop in %.1f s; killing it", timeout)
                 proc.kill()
                 proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     @property
     def pid(self) -> int | None:

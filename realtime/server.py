@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -22,7 +24,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from realtime.config import Settings
 
-__all__ = ["WRITABLE_EXTENSION", "RealtimeWebSocketProtocol", "make_server"]
+__all__ = ["WRITABLE_EXTENSION", "RealtimeServer", "RealtimeWebSocketProtocol", "make_server",
+           "wait_started"]
 
 log = logging.getLogger("realtime.server")
 
@@ -82,6 +85,19 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
 
+class RealtimeServer(uvicorn.Server):
+    """uvicorn's server, exiting with status 0 after a graceful SIGTERM/SIGINT stop.
+
+    (uvicorn re-raises the captured signal after shutting down, so the process
+    would report death by signal although it stopped cleanly.)
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig in (signal.SIGTERM, signal.SIGINT) and self._captured_signals[-1:] == [sig]:
+            self._captured_signals.pop()
+
+
 def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> uvicorn.Server:
     """A uvicorn server for ``app`` configured from ``settings``."""
     config = uvicorn.Config(
@@ -97,7 +113,7 @@ def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> uvic
         log_config=log_config,
         access_log=False,
     )
-    return uvicorn.Server(config)
+    return RealtimeServer(config)
 
 
 async def wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeout: float) -> int:

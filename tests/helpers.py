@@ -231,3 +231,10 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    """Wait until a condition on in-process state holds (polled; no fixed sleeps)."""
+    async def check() -> bool:
+        return predicate()
+    await wait_until(check, timeout, what)
