@@ -13,7 +13,6 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from realtime import __version__
-from realtime.config import Settings
 
 __all__ = ["app", "main"]
 
@@ -48,6 +47,7 @@ def serve(
 ) -> None:
     """Serve the REST API, the WebSocket feed and the dashboard."""
     from realtime.app import create_app
+    from realtime.config import Settings
     from realtime.embedded import EmbeddedUnavailable, find_executable
     from realtime.server import make_server
 
@@ -395,8 +395,10 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
                                  since=since) as sub:
             async for event in sub:
                 if isinstance(event, Subscribed):
+                    head = event.head or "none"
+                    head = head if len(head) <= 20 else f"{head[:8]}…{head[-8:]}"
                     status(f"{'resumed' if event.resumed else 'subscribed to'} {collection}"
-                           f" (head {event.head})")
+                           f" (head {head})")
                     continue
                 if json_out:
                     sys.stdout.write(_dumps(event_to_json(event)) + "\n")

@@ -1,0 +1,746 @@
+"""An asyncio client for the WebSocket protocol v1, with reconnect and resume.
+
+Usage::
+
+    from realtime.client import connect
+
+    async with connect("http://127.0.0.1:8000") as client:
+        async with client.subscribe("orders", filter={"status": "open"},
+                                    snapshot=True) as orders:
+            async for event in orders:
+                print(event)
+
+Every subscription survives disconnects. The client reconnects with exponential
+backoff and full jitter (a uniform draw in ``[0, min(20, 0.5 * 2**attempt))``
+seconds, :func:`backoff_delay`), and resubscribes with ``since`` = the id of the
+last event the subscription received (or the ``head`` of its last
+``subscribed``/``snapshot`` when no event came yet), so the server replays what
+was missed. When the server cannot resume (``resync``: its history was lost, or
+a collection was dropped), the subscription yields :class:`Reset` and then a
+:class:`Snapshot` of the current documents that replaces the consumer's state.
+
+Events are small frozen dataclasses (:data:`Event`): :class:`Subscribed`,
+:class:`Snapshot`, :class:`Change` and :class:`Reset`. :class:`LiveView` applies
+them to a dict of documents with the protocol's live-query rules.
+
+Back-pressure: each subscription buffers at most ``max_queue`` events; when one
+is full the client stops reading the socket, the server eventually closes it as
+a slow consumer (4408), and the client reconnects and resumes from the last
+event it buffered. Close a subscription you stop reading (``async with``, or
+:meth:`Subscription.aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "Change",
+    "Client",
+    "ClientError",
+    "ConnectError",
+    "ConnectionRejected",
+    "ConnectionState",
+    "Event",
+    "LiveView",
+    "Reset",
+    "Snapshot",
+    "StateChange",
+    "Subscribed",
+    "Subscription",
+    "SubscriptionError",
+    "backoff_delay",
+    "connect",
+    "event_to_json",
+    "ws_url",
+]
+
+log = logging.getLogger("realtime.client")
+
+#: Smallest backoff ceiling, in seconds (the first retry waits 0 to 0.5 s).
+BACKOFF_MIN: Final = 0.5
+#: Largest backoff ceiling, in seconds.
+BACKOFF_MAX: Final = 20.0
+#: Close codes after which reconnecting cannot help (policy, auth).
+FATAL_CLOSE_CODES: Final = frozenset({1008, 4401, 4403})
+#: Events a subscription buffers before the client stops reading the socket.
+DEFAULT_MAX_QUEUE: Final = 10_000
+
+
+def backoff_delay(attempt: int, rand: Callable[[], float] = random.random, *,
+                  maximum: float = BACKOFF_MAX) -> float:
+    """The delay before reconnect attempt ``attempt`` (0-based), in seconds.
+
+    Exponential backoff with full jitter: ``rand() * min(maximum, BACKOFF_MIN *
+    2**attempt)``, so by default always in ``[0, 20)``.
+    """
+    ceiling = min(maximum, BACKOFF_MIN * 2.0 ** max(0, min(attempt, 64)))
+    return rand() * ceiling
+
+
+def ws_url(url: str) -> str:
+    """The WebSocket URL of a server given as ``http(s)://`` or ``ws(s)://``.
+
+    ``http://host:8000`` becomes ``ws://host:8000/ws`` (``https`` gives ``wss``);
+    a path is kept and ``/ws`` appended (``http://h/rt`` -> ``ws://h/rt/ws``).
+    ``ws(s)://`` URLs are returned as they are.
+
+    Raises:
+        ValueError: the scheme is none of http, https, ws, wss.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("ws", "wss"):
+        return url
+    if scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s):// or ws(s):// URL: {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit(("ws" if scheme == "http" else "wss", parts.netloc, path, parts.query, ""))
+
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The server accepted the (re)subscription.
+
+    ``head`` is the event id the subscription is live from; ``resumed`` is True
+    when it was sent with ``since`` (the missed events follow).
+    """
+
+    head: str | None
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The documents matching the subscription: replace your state with them.
+
+    ``reload`` is True when the snapshot follows a :class:`Reset`.
+    """
+
+    documents: list[dict[str, Any]]
+    head: str | None
+    reload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change. ``op`` is ``insert``, ``update``, ``replace``, ``delete`` or ``leave``.
+
+    ``document`` is the document after the change (None for ``delete`` and
+    ``leave``); ``updated``/``removed`` describe an ``update``; ``id`` is the
+    event id (resume position); ``ts`` the commit time (ISO-8601).
+    """
+
+    op: str
+    collection: str
+    key: Any
+    id: str
+    ts: str
+    document: dict[str, Any] | None = None
+    updated: dict[str, Any] | None = None
+    removed: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's ``change`` message (without ``sub``); None fields left out."""
+        out: dict[str, Any] = {"type": "change", "op": self.op, "collection": self.collection,
+                               "key": self.key, "id": self.id}
+        if self.document is not None:
+            out["document"] = self.document
+        if self.updated is not None:
+            out["updated"] = self.updated
+        if self.removed is not None:
+            out["removed"] = self.removed
+        out["ts"] = self.ts
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Your state is stale: a :class:`Snapshot` that replaces it follows.
+
+    ``reason`` is the server's ``resync`` reason (``history_lost``,
+    ``invalidated``, ``overflow``) or ``no_position`` when the subscription was
+    interrupted before it learnt a position to resume from.
+    """
+
+    reason: str
+
+
+Event: TypeAlias = Subscribed | Snapshot | Change | Reset
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict of ``event`` with a ``type`` field (as the CLI prints it)."""
+    if isinstance(event, Change):
+        return event.to_json()
+    if isinstance(event, Snapshot):
+        return {"type": "snapshot", "documents": event.documents, "head": event.head,
+                "reload": event.reload}
+    if isinstance(event, Reset):
+        return {"type": "reset", "reason": event.reason}
+    return {"type": "subscribed", "head": event.head, "resumed": event.resumed}
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class ConnectError(ClientError):
+    """The first connection failed (the server is unreachable or refused it)."""
+
+
+class ConnectionRejected(ClientError):
+    """The server closed the connection for a reason retrying cannot fix.
+
+    ``code`` is the close code (1008 policy/origin, 4401 unauthenticated, 4403
+    forbidden).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection rejected ({code}{' ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class SubscriptionError(ClientError):
+    """The server refused a subscription (``error`` message); it has ended.
+
+    ``code`` is the protocol error code (``bad_filter``, ``bad_collection``, ...).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# A materialised view of a subscription
+
+
+def _view_key(key: Any) -> Any:
+    if key is None or isinstance(key, str | int | float):
+        return key
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class LiveView:
+    """The documents of one subscription, kept current by :meth:`apply`.
+
+    ``documents`` maps each document's key (its ``_id`` as JSON gives it; an
+    object id is its JSON text) to the document.
+    """
+
+    def __init__(self) -> None:
+        self.documents: dict[Any, dict[str, Any]] = {}
+
+    def apply(self, event: Event) -> str | None:
+        """Apply one event; return what happened: ``reset``, ``insert``, ``update``,
+        ``remove``, or None when nothing changed.
+
+        A snapshot replaces everything; ``insert``/``update``/``replace`` of an
+        unknown key inserts (documents entering a filter arrive as ``update``);
+        ``leave``/``delete`` of an unknown key is a no-op; a change whose
+        ``document._version`` is not newer than the held one is ignored.
+        """
+        docs = self.documents
+        if isinstance(event, Snapshot):
+            docs.clear()
+            for doc in event.documents:
+                docs[_view_key(doc.get("_id"))] = doc
+            return "reset"
+        if not isinstance(event, Change):
+            return None
+        key = _view_key(event.key)
+        if event.op in ("delete", "leave"):
+            return "remove" if docs.pop(key, None) is not None else None
+        if event.document is None:
+            return None
+        held = docs.get(key)
+        if held is not None:
+            old, new = held.get("_version"), event.document.get("_version")
+            if isinstance(old, int) and isinstance(new, int) and new <= old:
+                return None
+        docs[key] = event.document
+        return "insert" if held is None else "update"
+
+
+# ---------------------------------------------------------------------------
+# Connection state
+
+
+class ConnectionState(StrEnum):
+    """Where the client is: ``idle`` → ``connecting`` → ``open`` ⇄ ``reconnecting`` → ``closed``."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """Passed to ``on_state``: the new state and why.
+
+    ``attempt`` counts failed attempts since the last open; ``delay`` is the wait
+    before the next attempt (``reconnecting``); ``code``/``reason`` describe the
+    close that caused it, when there was one.
+    """
+
+    state: ConnectionState
+    attempt: int = 0
+    delay: float | None = None
+    code: int | None = None
+    reason: str = ""
+
+
+# ---------------------------------------------------------------------------
+# Subscriptions
+
+
+class _End:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class Subscription:
+    """A live query; an async iterator of :data:`Event` (create with :meth:`Client.subscribe`).
+
+    Iteration ends when the subscription or the client is closed; it raises
+    :class:`SubscriptionError` if the server refused the subscription and
+    :class:`ConnectionRejected` if the server refused the connection.
+    """
+
+    def __init__(self, client: Client, collection: str, *, filter: Mapping[str, Any] | None,
+                 snapshot: bool, limit: int | None, since: str | None, max_queue: int) -> None:
+        self.collection = collection
+        self.filter = dict(filter) if filter else None
+        self.snapshot = snapshot
+        self.limit = limit
+        #: The resume position: the last event id received, or the live head.
+        self.since = since
+        self._client = client
+        self._items: deque[Event] = deque()
+        self._max = max_queue
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._end: _End | None = None
+        self.wire: str | None = None
+        self._awaiting_snapshot = False
+        self._resumed = False
+        self._reload = False
+        self._ever_subscribed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription has ended (events may still be buffered)."""
+        return self._end is not None
+
+    # -- consumer side -------------------------------------------------------
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._items:
+            end = self._end
+            if end is not None:
+                if end.error is not None:
+                    raise end.error
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._items.popleft()
+        self._space.set()
+        return event
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Unsubscribe and end the iteration (buffered events are dropped)."""
+        self._items.clear()
+        self._client._remove(self)
+        self._finish(None)
+
+    # -- client side -------------------------------------------------------
+    def _finish(self, error: BaseException | None) -> None:
+        if self._end is None:
+            self._end = _End(error)
+        self._ready.set()
+        self._space.set()
+
+    async def _put(self, event: Event) -> None:
+        while len(self._items) >= self._max and self._end is None:
+            self._space.clear()
+            await self._space.wait()
+        if self._end is not None:
+            return
+        self._items.append(event)
+        self._ready.set()
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+
+StateCallback: TypeAlias = Callable[[StateChange], None]
+
+
+class Client:
+    """A connection to a realtime server that reconnects and resumes by itself.
+
+    Use :func:`connect` (an async context manager). ``token`` is sent as
+    ``Authorization: Bearer <token>``; ``on_state`` is called on every
+    :class:`ConnectionState` change; ``delay`` replaces :func:`backoff_delay`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        on_state: StateCallback | None = None,
+        delay: Callable[[int], float] = backoff_delay,
+        open_timeout: float = 10.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.url = ws_url(url)
+        self.token = token
+        self.state = ConnectionState.IDLE
+        #: The server's ``welcome`` message on the current connection.
+        self.welcome: dict[str, Any] | None = None
+        #: Failed attempts since the last successful open.
+        self.attempt = 0
+        self._on_state = on_state
+        self._delay = delay
+        self._open_timeout = open_timeout
+        self._max_queue = max_queue
+        self._subs: list[Subscription] = []
+        self._wire: dict[str, Subscription] = {}
+        self._next_wire = 1
+        self._ws: ClientConnection | None = None
+        self._outbox: deque[str] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- public API ----------------------------------------------------------
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect (the first time) and start the connection task.
+
+        Raises:
+            ConnectError: the server is unreachable, refused the handshake, or did
+                not say ``welcome`` within ``open_timeout``.
+            ConnectionRejected: the server closed the connection for auth/policy.
+        """
+        if self._task is not None:
+            return
+        self._set_state(ConnectionState.CONNECTING)
+        try:
+            ws = await self._open()
+        except ConnectionRejected:
+            self._set_state(ConnectionState.CLOSED)
+            raise
+        except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+            self._set_state(ConnectionState.CLOSED)
+            raise ConnectError(f"cannot connect to {self.url}: {exc}") from exc
+        self._task = asyncio.get_running_loop().create_task(self._run(ws), name="realtime-client")
+
+    def subscribe(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        snapshot: bool = False,
+        limit: int | None = None,
+        since: str | None = None,
+        max_queue: int | None = None,
+    ) -> Subscription:
+        """Start a live query on ``collection``; iterate the result for events.
+
+        ``filter`` is in the service's filter language; ``snapshot`` starts with a
+        :class:`Snapshot` of at most ``limit`` matching documents; ``since``
+        resumes after that event id instead. The subscription is sent at once if
+        connected, else as soon as the client connects.
+
+        Raises:
+            ClientError: the client is closed.
+        """
+        if self.state is ConnectionState.CLOSED:
+            raise ClientError("the client is closed")
+        sub = Subscription(self, collection, filter=filter, snapshot=snapshot, limit=limit,
+                           since=since, max_queue=max_queue or self._max_queue)
+        self._subs.append(sub)
+        if self.state is ConnectionState.OPEN:
+            self._send_subscribe(sub, reload=False)
+        return sub
+
+    def reconnect_now(self) -> None:
+        """Skip the current backoff wait and reconnect at once (no-op unless reconnecting)."""
+        if self.state is ConnectionState.RECONNECTING:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Close the connection and end every subscription (no reconnect)."""
+        ws, self._ws = self._ws, None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if ws is not None:
+            await ws.close()
+        for sub in self._subs:
+            sub._finish(None)
+        self._subs.clear()
+        self._wire.clear()
+        if self.state is not ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CLOSED)
+
+    # -- internals -------------------------------------------------------------
+    def _set_state(self, state: ConnectionState, **info: Any) -> None:
+        self.state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(StateChange(state, attempt=self.attempt, **info))
+            except Exception:
+                log.exception("on_state callback failed")
+
+    async def _open(self) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        ws = await ws_connect(self.url, open_timeout=self._open_timeout, max_size=None,
+                              additional_headers=headers, compression=None)
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                raw = await ws.recv()
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            if code in FATAL_CLOSE_CODES:
+                raise ConnectionRejected(code, exc.rcvd.reason if exc.rcvd else "") from exc
+            raise
+        except BaseException:
+            await ws.close()
+            raise
+        message = orjson.loads(raw)
+        if not isinstance(message, dict) or message.get("type") != "welcome":
+            await ws.close(1002, "expected welcome")
+            raise ConnectError(f"{self.url} did not say welcome: {str(raw)[:80]!r}")
+        self.welcome = message
+        return ws
+
+    async def _run(self, ws: ClientConnection | None) -> None:
+        while True:
+            if ws is not None:
+                code, reason = await self._session(ws)
+                if code in FATAL_CLOSE_CODES:
+                    error = ConnectionRejected(code, reason)
+                    for sub in self._subs:
+                        sub._finish(error)
+                    self._subs.clear()
+                    self._set_state(ConnectionState.CLOSED, code=code, reason=reason)
+                    return
+            else:
+                code, reason = None, ""
+            delay = max(0.0, self._delay(self.attempt))
+            self.attempt += 1
+            self._set_state(ConnectionState.RECONNECTING, delay=delay, code=code, reason=reason)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            try:
+                ws = await self._open()
+            except ConnectionRejected as exc:
+                for sub in self._subs:
+                    sub._finish(exc)
+                self._subs.clear()
+                self._set_state(ConnectionState.CLOSED, code=exc.code, reason=exc.reason)
+                return
+            except (OSError, TimeoutError, WebSocketException, ValueError, ConnectError) as exc:
+                log.debug("reconnect to %s failed: %s", self.url, exc)
+                ws = None
+
+    async def _session(self, ws: ClientConnection) -> tuple[int, str]:
+        """Serve one connection until it closes; return the close code and reason."""
+        self._ws = ws
+        self.attempt = 0
+        self._outbox.clear()
+        self._wire.clear()
+        self._set_state(ConnectionState.OPEN)
+        for sub in self._subs:
+            if sub.since is None and sub._ever_subscribed:
+                await sub._put(Reset("no_position"))
+                self._send_subscribe(sub, reload=True)
+            else:
+                self._send_subscribe(sub, reload=False)
+        writer = asyncio.get_running_loop().create_task(self._write(ws))
+        try:
+            async for raw in ws:
+                await self._dispatch(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await writer
+            self._ws = None
+            for sub in self._subs:
+                sub.wire = None
+        rcvd = ws.protocol.close_rcvd
+        if rcvd is None:
+            return 1006, ""
+        return rcvd.code, rcvd.reason
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            while self._outbox:
+                await ws.send(self._outbox.popleft())
+            self._outbox_ready.clear()
+            await self._outbox_ready.wait()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._ws is None:
+            return
+        self._outbox.append(orjson.dumps(message).decode())
+        self._outbox_ready.set()
+
+    def _send_subscribe(self, sub: Subscription, *, reload: bool) -> None:
+        wire = f"s{self._next_wire}"
+        self._next_wire += 1
+        message: dict[str, Any] = {"op": "subscribe", "sub": wire, "collection": sub.collection}
+        if sub.filter:
+            message["filter"] = sub.filter
+        if sub.limit is not None:
+            message["limit"] = sub.limit
+        if sub.since is not None:
+            message["since"] = sub.since
+            sub._awaiting_snapshot = False
+            sub._resumed = True
+        else:
+            message["snapshot"] = sub.snapshot or reload
+            sub._awaiting_snapshot = bool(message["snapshot"])
+            sub._resumed = False
+        sub._reload = reload
+        sub.wire = wire
+        self._wire[wire] = sub
+        self._send(message)
+
+    def _remove(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+        wire = sub.wire
+        if wire is not None:
+            self._wire.pop(wire, None)
+            self._send({"op": "unsubscribe", "sub": wire})
+            sub.wire = None
+
+    async def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("server sent invalid JSON: %r", raw[:80])
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        wire = message.get("sub")
+        if wire is None:
+            if kind == "error":
+                log.warning("server error: %s: %s", message.get("code"), message.get("message"))
+            return  # pong, authenticated, ...
+        sub = self._wire.get(wire)
+        if sub is None or sub.closed:
+            return  # an old wire id (after resync or unsubscribe)
+        if kind == "subscribed":
+            sub._ever_subscribed = True
+            head = message.get("head")
+            if not sub._resumed and not sub._awaiting_snapshot:
+                sub.since = head
+            await sub._put(Subscribed(head=head, resumed=sub._resumed))
+        elif kind == "snapshot":
+            sub._awaiting_snapshot = False
+            sub.since = message.get("head")
+            await sub._put(Snapshot(documents=message.get("documents") or [],
+                                    head=message.get("head"), reload=sub._reload))
+        elif kind == "change":
+            sub.since = message["id"]
+            await sub._put(Change(
+                op=message["op"], collection=message.get("collection", sub.collection),
+                key=message.get("key"), id=message["id"], ts=message.get("ts", ""),
+                document=message.get("document"), updated=message.get("updated"),
+                removed=message.get("removed"),
+            ))
+        elif kind == "resync":
+            # The server cannot resume: drop this wire id and reload with a snapshot.
+            del self._wire[wire]
+            self._send({"op": "unsubscribe", "sub": wire})
+            sub.since = None
+            await sub._put(Reset(str(message.get("reason", "history_lost"))))
+            if not sub.closed and self._ws is not None:
+                self._send_subscribe(sub, reload=True)
+        elif kind == "error":
+            del self._wire[wire]
+            sub.wire = None
+            if sub in self._subs:
+                self._subs.remove(sub)
+            sub._finish(SubscriptionError(str(message.get("code")), str(message.get("message"))))
+
+
+def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    on_state: StateCallback | None = None,
+    delay: Callable[[int], float] = backoff_delay,
+    open_timeout: float = 10.0,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> Client:
+    """A :class:`Client` for the server at ``url`` (``http(s)://host[:port]`` or ``ws(s)://.../ws``).
+
+    Use it as ``async with connect(url) as client:``; entering connects once
+    (raising :class:`ConnectError` if that fails), leaving closes. After the first
+    connection the client reconnects by itself until it is closed.
+
+    Raises:
+        ValueError: ``url`` is not an http(s) or ws(s) URL.
+    """
+    return Client(url, token=token, on_state=on_state, delay=delay, open_timeout=open_timeout,
+                  max_queue=max_queue)

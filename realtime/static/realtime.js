@@ -1,0 +1,478 @@
+// realtime.js: the browser client of the realtime WebSocket protocol v1.
+//
+// A plain ES module with no dependencies and no build step:
+//
+//   import { connect } from "/static/realtime.js";
+//   const client = connect("/ws");
+//   client.on("state", (state) => console.log(state));
+//   const stop = client.subscribe("orders", { filter: { status: "open" }, snapshot: true },
+//     (ev) => console.log(ev));
+//
+// The client reconnects by itself (exponential backoff with full jitter,
+// 500 ms -> 20 s), resumes every subscription from the last event it saw
+// (`since`), and when the server cannot resume (`resync`) reloads a snapshot.
+// See the JSDoc of `RealtimeClient#subscribe` for the events a subscriber gets.
+
+/** Smallest backoff ceiling, in milliseconds (the first retry waits 0..500 ms). */
+export const BACKOFF_MIN_MS = 500;
+/** Largest backoff ceiling, in milliseconds. */
+export const BACKOFF_MAX_MS = 20000;
+/** The protocol version this client speaks. */
+export const PROTOCOL = 1;
+
+/** Close codes after which reconnecting cannot help (auth / policy). */
+const FATAL_CLOSE_CODES = new Set([1008, 4401, 4403]);
+
+/**
+ * The delay before reconnect attempt `attempt` (0-based): exponential backoff
+ * with full jitter, a uniform draw from `[0, min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2**attempt))`.
+ *
+ * @param {number} attempt how many attempts failed before this one (0 for the first retry)
+ * @param {() => number} [random] a source of numbers in [0, 1) (default `Math.random`)
+ * @returns {number} milliseconds
+ */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, attempt));
+  return random() * ceiling;
+}
+
+/**
+ * The WebSocket URL of a realtime server: `ws(s)://host/ws` from an `http(s)://`
+ * base URL, a relative path (resolved against the page), or a `ws(s)://` URL as is.
+ * An `http(s)` URL whose path is `/` (or empty) gets `/ws` appended.
+ *
+ * @param {string} [url] default: the page's own origin
+ * @returns {string}
+ */
+export function wsUrl(url) {
+  const base = typeof location !== "undefined" ? location.href : "http://127.0.0.1:8000/";
+  const u = new URL(url ?? "/ws", base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.pathname === "/" || u.pathname === "") u.pathname = "/ws";
+  return u.toString();
+}
+
+/**
+ * Apply one subscription event to a `Map` of documents keyed by `_id`
+ * (the key's JSON text, so `1` and `"1"` differ), following the protocol's
+ * live-query rules: a snapshot replaces everything; `insert`/`update`/`replace`
+ * of an unknown key inserts; `leave`/`delete` of an unknown key does nothing;
+ * a change whose `document._version` is not newer than the held one is ignored.
+ *
+ * @param {Map<string, object>} docs the documents, changed in place
+ * @param {SubscriptionEvent} ev
+ * @returns {"reset"|"insert"|"update"|"remove"|null} what happened to `docs`
+ */
+export function applyEvent(docs, ev) {
+  if (ev.type === "snapshot") {
+    docs.clear();
+    for (const doc of ev.documents) docs.set(keyOf(doc._id), doc);
+    return "reset";
+  }
+  if (ev.type !== "change") return null;
+  const k = keyOf(ev.key);
+  if (ev.op === "leave" || ev.op === "delete") {
+    return docs.delete(k) ? "remove" : null;
+  }
+  const held = docs.get(k);
+  const version = ev.document?._version;
+  if (held && typeof version === "number" && typeof held._version === "number" &&
+      version <= held._version) {
+    return null;
+  }
+  if (!ev.document) return null;
+  docs.set(k, ev.document);
+  return held ? "update" : "insert";
+}
+
+/**
+ * The map key of a document `_id` as {@link applyEvent} uses it.
+ * @param {unknown} key
+ * @returns {string}
+ */
+export function keyOf(key) {
+  return JSON.stringify(key);
+}
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {object} [filter] a filter in the service's filter language (MongoDB syntax)
+ * @property {boolean} [snapshot] start with the matching documents (a `snapshot` event)
+ * @property {number} [limit] most documents in a snapshot (server default 100)
+ * @property {string} [since] resume after this event id instead of starting now
+ */
+
+/**
+ * What a subscriber's callback receives (`ev.type`):
+ * - `subscribed` `{head, resumed}`: the server accepted the (re)subscription;
+ *   `resumed` is true when it was sent with `since`.
+ * - `snapshot` `{documents, head, reload}`: the matching documents; replace your
+ *   state with them (`reload` is true when it follows a `reset`).
+ * - `change` `{op, key, id, collection, document, updated, removed, ts}`: `op` is
+ *   `insert|update|replace|delete|leave`.
+ * - `reset` `{reason}`: the server could not resume (`history_lost`,
+ *   `invalidated`, `overflow`) or the client had no position to resume from;
+ *   a `snapshot` that replaces your state follows.
+ * - `error` `{code, message}`: the server refused the subscription; it has ended.
+ * @typedef {object} SubscriptionEvent
+ * @property {"subscribed"|"snapshot"|"change"|"reset"|"error"} type
+ */
+
+/**
+ * @typedef {object} ConnectOptions
+ * @property {string} [token] API key or JWT, sent as the first message (`{"op":"auth"}`)
+ * @property {(attempt: number) => number} [delay] reconnect delay in ms (default {@link backoffDelay})
+ * @property {boolean} [autoConnect] connect at once (default true)
+ * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (default the global one)
+ */
+
+/**
+ * Connect to a realtime server.
+ *
+ * @param {string} [url] `ws(s)://host/ws`, `http(s)://host`, or a path like `/ws`
+ *   (default: this page's server)
+ * @param {ConnectOptions} [options]
+ * @returns {RealtimeClient}
+ */
+export function connect(url, options = {}) {
+  const client = new RealtimeClient(url, options);
+  if (options.autoConnect !== false) client.open();
+  return client;
+}
+
+/**
+ * A connection to a realtime server that survives disconnects.
+ *
+ * States (`client.state`, and the `state` event): `idle` before `open()`,
+ * `connecting` (first attempt), `open`, `reconnecting` (connection lost; waiting
+ * or retrying), `closed` (by `close()`, or by the server for auth/policy reasons).
+ */
+export class RealtimeClient {
+  /**
+   * @param {string} [url]
+   * @param {ConnectOptions} [options]
+   */
+  constructor(url, options = {}) {
+    /** The WebSocket URL. */
+    this.url = wsUrl(url);
+    this.token = options.token ?? null;
+    this._delay = options.delay ?? ((attempt) => backoffDelay(attempt));
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    /** @type {"idle"|"connecting"|"open"|"reconnecting"|"closed"} */
+    this.state = "idle";
+    /** The server's `welcome` message on the current connection, or null. */
+    this.welcome = null;
+    /** Failed attempts since the last successful open. */
+    this.attempt = 0;
+    /** The current WebSocket (diagnostics; do not send on it). */
+    this.socket = null;
+    this._listeners = new Map();
+    this._subs = new Set();
+    this._wire = new Map(); // wire sub id -> subscription
+    this._nextSub = 1;
+    this._timer = null;
+    this._watchdog = null;
+    this._lastSeen = 0;
+  }
+
+  /**
+   * Listen to a client event; returns a function that removes the listener.
+   * Events: `state` `(state, detail)`; one event per state name (`connecting`,
+   * `open`, `reconnecting`, `closed`) `(detail)`; `message` `(msg)` for every
+   * server message; `send` `(msg)` for every client message; `error` `(err)`
+   * for connection-level errors.
+   *
+   * @param {string} type
+   * @param {(...args: any[]) => void} fn
+   * @returns {() => void}
+   */
+  on(type, fn) {
+    let set = this._listeners.get(type);
+    if (!set) this._listeners.set(type, (set = new Set()));
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  _emit(type, ...args) {
+    const set = this._listeners.get(type);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error("realtime: listener failed", err);
+      }
+    }
+  }
+
+  _setState(state, detail = {}) {
+    this.state = state;
+    this._emit("state", state, detail);
+    this._emit(state, detail);
+  }
+
+  /**
+   * Subscribe to a live query. The subscription survives reconnects: it is
+   * resumed with `since` (the last event id it received, or the `head` of its
+   * last `subscribed`/`snapshot`), and reloaded with a snapshot (after a
+   * `reset` event) when the server cannot resume.
+   *
+   * @param {string} collection
+   * @param {SubscribeOptions} options
+   * @param {(ev: SubscriptionEvent) => void} onEvent
+   * @returns {() => void} unsubscribe
+   */
+  subscribe(collection, options, onEvent) {
+    const sub = {
+      collection,
+      filter: options?.filter ?? null,
+      snapshot: Boolean(options?.snapshot),
+      limit: options?.limit ?? null,
+      since: options?.since ?? null,
+      onEvent,
+      wire: null,
+      awaitingSnapshot: false,
+      resumed: false,
+      active: true,
+      everSubscribed: false,
+      reload: false,
+    };
+    this._subs.add(sub);
+    if (this.state === "open") this._sendSubscribe(sub, false);
+    return () => {
+      if (!sub.active) return;
+      sub.active = false;
+      this._subs.delete(sub);
+      if (sub.wire !== null) {
+        this._wire.delete(sub.wire);
+        if (this.state === "open") this._send({ op: "unsubscribe", sub: sub.wire });
+        sub.wire = null;
+      }
+    };
+  }
+
+  /** The resume positions of the active subscriptions (for diagnostics). */
+  positions() {
+    return [...this._subs].map((s) => ({ collection: s.collection, since: s.since }));
+  }
+
+  /** Start connecting (called by {@link connect} unless `autoConnect` is false). */
+  open() {
+    if (this.state !== "idle" && this.state !== "closed") return;
+    this.attempt = 0;
+    this._connect("connecting");
+  }
+
+  /** Skip the current backoff wait and reconnect now (no-op unless reconnecting). */
+  reconnectNow() {
+    if (this.state !== "reconnecting" || this._timer === null) return;
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._connect("reconnecting");
+  }
+
+  /** Close for good: no reconnect; subscriptions stay registered but idle. */
+  close() {
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._stopWatchdog();
+    const ws = this.socket;
+    this.socket = null;
+    this._wire.clear();
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(1000, "client closed"); } catch { /* already closed */ }
+    }
+    this._setState("closed", { code: 1000, reason: "client closed" });
+  }
+
+  _connect(state) {
+    this._setState(state, { attempt: this.attempt });
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch (err) {
+      this._emit("error", err);
+      this._lost({ code: 1006, reason: String(err) });
+      return;
+    }
+    this.socket = ws;
+    this.welcome = null;
+    ws.onopen = () => {
+      if (this.token) this._send({ op: "auth", token: this.token });
+    };
+    ws.onmessage = (e) => this._onMessage(e.data);
+    ws.onerror = () => { /* a close event follows */ };
+    ws.onclose = (e) => {
+      if (this.socket !== ws) return;
+      this._lost({ code: e.code, reason: e.reason });
+    };
+  }
+
+  _lost({ code, reason }) {
+    this.socket = null;
+    this.welcome = null;
+    this._wire.clear();
+    for (const sub of this._subs) sub.wire = null;
+    this._stopWatchdog();
+    if (FATAL_CLOSE_CODES.has(code)) {
+      this._setState("closed", { code, reason });
+      return;
+    }
+    const delay = Math.max(0, this._delay(this.attempt));
+    this.attempt += 1;
+    this._setState("reconnecting", { code, reason, attempt: this.attempt, delay });
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      this._connect("reconnecting");
+    }, delay);
+  }
+
+  _send(msg) {
+    const ws = this.socket;
+    if (!ws || ws.readyState !== 1) return false;
+    this._emit("send", msg);
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  _sendSubscribe(sub, reload) {
+    const wire = `s${this._nextSub++}`;
+    const msg = { op: "subscribe", sub: wire, collection: sub.collection };
+    if (sub.filter && Object.keys(sub.filter).length) msg.filter = sub.filter;
+    if (sub.limit !== null) msg.limit = sub.limit;
+    if (sub.since !== null) {
+      msg.since = sub.since;
+      sub.awaitingSnapshot = false;
+      sub.resumed = true;
+    } else {
+      msg.snapshot = sub.snapshot || reload;
+      sub.awaitingSnapshot = msg.snapshot;
+      sub.resumed = false;
+    }
+    sub.reload = reload;
+    sub.wire = wire;
+    this._wire.set(wire, sub);
+    this._send(msg);
+  }
+
+  _onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this._emit("error", new Error("server sent invalid JSON"));
+      return;
+    }
+    this._lastSeen = Date.now();
+    this._emit("message", msg);
+    switch (msg.type) {
+      case "welcome":
+        this.welcome = msg;
+        this.attempt = 0;
+        this._setState("open", { welcome: msg });
+        this._startWatchdog(msg.heartbeat);
+        for (const sub of this._subs) {
+          if (sub.since === null && sub.everSubscribed) {
+            // We were subscribed but never learnt a position: reload.
+            this._deliver(sub, { type: "reset", reason: "no_position" });
+            this._sendSubscribe(sub, true);
+          } else {
+            this._sendSubscribe(sub, false);
+          }
+        }
+        return;
+      case "subscribed":
+      case "snapshot":
+      case "change":
+      case "resync":
+      case "error":
+        if (msg.sub !== undefined) {
+          this._onSubMessage(msg);
+        } else if (msg.type === "error") {
+          this._emit("error", new Error(`${msg.code}: ${msg.message}`));
+        }
+        return;
+      default:
+        return; // pong, authenticated, future types
+    }
+  }
+
+  _onSubMessage(msg) {
+    const sub = this._wire.get(msg.sub);
+    if (!sub || !sub.active) return; // an old wire id (after resync/unsubscribe)
+    switch (msg.type) {
+      case "subscribed":
+        sub.everSubscribed = true;
+        if (!sub.resumed && !sub.awaitingSnapshot) sub.since = msg.head ?? null;
+        this._deliver(sub, { type: "subscribed", head: msg.head ?? null, resumed: sub.resumed });
+        return;
+      case "snapshot":
+        sub.awaitingSnapshot = false;
+        sub.since = msg.head ?? null;
+        this._deliver(sub, {
+          type: "snapshot", documents: msg.documents, head: msg.head ?? null,
+          reload: Boolean(sub.reload),
+        });
+        return;
+      case "change": {
+        sub.since = msg.id;
+        const { type, sub: _wire, ...rest } = msg;
+        this._deliver(sub, { type: "change", ...rest });
+        return;
+      }
+      case "resync":
+        // The server cannot resume this subscription: drop it, reload with a snapshot.
+        this._wire.delete(msg.sub);
+        this._send({ op: "unsubscribe", sub: msg.sub });
+        sub.since = null;
+        this._deliver(sub, { type: "reset", reason: msg.reason });
+        if (sub.active && this.state === "open") this._sendSubscribe(sub, true);
+        return;
+      case "error":
+        this._wire.delete(msg.sub);
+        sub.active = false;
+        sub.wire = null;
+        this._subs.delete(sub);
+        this._deliver(sub, { type: "error", code: msg.code, message: msg.message });
+        return;
+      default:
+    }
+  }
+
+  _deliver(sub, ev) {
+    try {
+      sub.onEvent(ev);
+    } catch (err) {
+      console.error("realtime: subscriber failed", err);
+    }
+  }
+
+  // Application-level heartbeat: ping every `heartbeat` s; a server silent
+  // for two intervals is presumed gone and the socket is closed (reconnect).
+  _startWatchdog(heartbeat) {
+    this._stopWatchdog();
+    const seconds = typeof heartbeat === "number" && heartbeat > 0 ? heartbeat : 25;
+    let ref = 0;
+    this._watchdog = setInterval(() => {
+      if (Date.now() - this._lastSeen > 2 * seconds * 1000) {
+        const ws = this.socket;
+        if (ws) {
+          try { ws.close(4000, "heartbeat timeout"); } catch { /* ignore */ }
+          if (this.socket === ws) {
+            ws.onclose = null;
+            this._lost({ code: 1006, reason: "heartbeat timeout" });
+          }
+        }
+        return;
+      }
+      this._send({ op: "ping", ref: String(++ref) });
+    }, seconds * 1000);
+  }
+
+  _stopWatchdog() {
+    if (this._watchdog !== null) clearInterval(this._watchdog);
+    this._watchdog = null;
+  }
+}

@@ -1,0 +1,339 @@
+"""The Python client against real servers: live queries, resume, resync, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from realtime.client import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    Change,
+    ConnectError,
+    ConnectionState,
+    Event,
+    LiveView,
+    Reset,
+    Snapshot,
+    StateChange,
+    Subscribed,
+    Subscription,
+    SubscriptionError,
+    backoff_delay,
+    connect,
+    ws_url,
+)
+from realtime.embedded import EmbeddedServer, free_port
+from tests.conftest import LiveServer
+from tests.helpers import ServerProcess
+
+DOCS = "/api/collections/{}/documents"
+
+
+async def post(http: httpx.AsyncClient, coll: str, doc: dict[str, Any],
+               base: str = "") -> dict[str, Any]:
+    r = await http.post(base + DOCS.format(coll), json=doc)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def next_event(sub: Subscription, within: float = 10.0) -> Event:
+    return await asyncio.wait_for(anext(sub), within)
+
+
+async def until(sub: Subscription, predicate: Callable[[Event], bool],
+                within: float = 15.0) -> list[Event]:
+    """Events up to and including the first that satisfies ``predicate``."""
+    seen: list[Event] = []
+    async with asyncio.timeout(within):
+        async for event in sub:
+            seen.append(event)
+            if predicate(event):
+                return seen
+    raise AssertionError(f"subscription ended before the condition; saw {seen}")
+
+
+async def database_state(http: httpx.AsyncClient, coll: str, base: str = "",
+                         filter: str | None = None) -> dict[Any, dict[str, Any]]:
+    params: dict[str, Any] = {"limit": 1000}
+    if filter is not None:
+        params["filter"] = filter
+    r = await http.get(base + DOCS.format(coll), params=params)
+    assert r.status_code == 200, r.text
+    return {d["_id"]: d for d in r.json()["documents"]}
+
+
+class StateLog:
+    """Collects the client's state changes; lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, change: StateChange) -> None:
+        self.changes.append(change)
+        self._changed.set()
+
+    async def wait_for(self, state: ConnectionState, within: float = 15.0) -> StateChange:
+        """Wait until the client's latest state is ``state``; return that change."""
+        async with asyncio.timeout(within):
+            while not (self.changes and self.changes[-1].state is state):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.changes[-1]
+
+
+# ---------------------------------------------------------------------------
+# Pure parts
+
+
+def test_backoff_bounds() -> None:
+    assert backoff_delay(0, lambda: 0.0) == 0.0
+    for attempt in range(0, 60):
+        ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt)
+        assert backoff_delay(attempt, lambda: 0.999999) == pytest.approx(ceiling * 0.999999)
+        for _ in range(20):
+            assert 0.0 <= backoff_delay(attempt) < ceiling
+    assert backoff_delay(0, lambda: 0.999999) < 0.5
+    assert backoff_delay(6, lambda: 0.999999) == pytest.approx(20.0, rel=1e-5)
+    assert backoff_delay(10_000, random.random) < 20.0
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/ws"),
+        ("http://127.0.0.1:8000/", "ws://127.0.0.1:8000/ws"),
+        ("https://example.org/realtime/", "wss://example.org/realtime/ws"),
+        ("http://h/ws", "ws://h/ws"),
+        ("ws://h:1/ws", "ws://h:1/ws"),
+        ("wss://h/x/ws", "wss://h/x/ws"),
+    ],
+)
+def test_ws_url(given: str, expected: str) -> None:
+    assert ws_url(given) == expected
+
+
+def test_ws_url_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError, match="ws"):
+        ws_url("ftp://h/")
+
+
+def test_live_view_rules() -> None:
+    view = LiveView()
+    assert view.apply(Snapshot([{"_id": "a", "_version": 2, "n": 1}], head="h")) == "reset"
+    change = {"collection": "c", "id": "1", "ts": ""}
+    assert view.apply(Change("leave", key="zz", **change)) is None  # unknown: no-op
+    assert view.apply(Change("delete", key="zz", **change)) is None
+    assert view.apply(Change("update", key="b", document={"_id": "b", "_version": 5},
+                             **change)) == "insert"  # entering the filter
+    assert view.apply(Change("update", key="a", document={"_id": "a", "_version": 2, "n": 9},
+                             **change)) is None  # not newer than held
+    assert view.documents["a"]["n"] == 1
+    assert view.apply(Change("replace", key="a", document={"_id": "a", "_version": 3},
+                             **change)) == "update"
+    assert view.apply(Change("leave", key="b", **change)) == "remove"
+    assert view.apply(Subscribed(head="h", resumed=False)) is None
+    assert view.apply(Reset("history_lost")) is None
+    assert view.documents == {"a": {"_id": "a", "_version": 3}}
+
+
+async def test_connect_error_when_unreachable() -> None:
+    with pytest.raises(ConnectError, match="cannot connect"):
+        async with connect(f"http://127.0.0.1:{free_port()}", open_timeout=2):
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Against a live server (in-process uvicorn)
+
+
+async def test_snapshot_then_live_query(live: LiveServer, http: httpx.AsyncClient) -> None:
+    for i in range(4):
+        await post(http, "orders", {"_id": f"o{i}", "status": "open" if i % 2 else "new"})
+    async with connect(live.url) as client, \
+            client.subscribe("orders", filter={"status": "open"}, snapshot=True) as sub:
+        first = await next_event(sub)
+        assert isinstance(first, Subscribed)
+        assert not first.resumed
+        snap = await next_event(sub)
+        assert isinstance(snap, Snapshot)
+        assert [d["_id"] for d in snap.documents] == ["o1", "o3"]
+        assert snap.head == first.head
+        view = LiveView()
+        view.apply(snap)
+
+        await post(http, "orders", {"_id": "o4", "status": "open"})  # insert
+        r = await http.patch(f"{DOCS.format('orders')}/o0", json={"status": "open"})  # enters
+        assert r.status_code == 200
+        r = await http.patch(f"{DOCS.format('orders')}/o1", json={"status": "done"})  # leaves
+        assert r.status_code == 200
+        r = await http.delete(f"{DOCS.format('orders')}/o3")  # deleted
+        assert r.status_code == 204
+
+        events = [await next_event(sub) for _ in range(4)]
+        assert all(isinstance(e, Change) for e in events)
+        changes = [e for e in events if isinstance(e, Change)]
+        assert [(c.op, c.key) for c in changes] == [
+            ("insert", "o4"), ("update", "o0"), ("leave", "o1"), ("delete", "o3")]
+        assert changes[0].document is not None
+        assert changes[0].document["_version"] == 1
+        assert changes[1].updated is not None
+        assert sub.since == changes[-1].id
+        for event in events:
+            view.apply(event)
+        assert view.documents == await database_state(http, "orders",
+                                                      filter='{"status":"open"}')
+
+
+async def test_resume_with_since_after_a_dropped_connection(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    """The client resumes from the last event id: writes made while it was away arrive."""
+    states = StateLog()
+    async with connect(live.url, on_state=states, delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("log", filter={"keep": True}) as sub:
+        subscribed = await next_event(sub)
+        assert isinstance(subscribed, Subscribed)
+        assert sub.since == subscribed.head
+        await post(http, "log", {"_id": "a", "keep": True})
+        seen = await next_event(sub)
+        assert isinstance(seen, Change)
+        assert seen.key == "a"
+
+        live.app.state.services.hub.close_all(1011, "test drop")
+        lost = await states.wait_for(ConnectionState.RECONNECTING)
+        assert (lost.code, lost.delay) == (1011, 3600.0)  # waits until reconnect_now()
+        for key, keep in (("b", True), ("c", False), ("d", True)):
+            await post(http, "log", {"_id": key, "keep": keep})
+        client.reconnect_now()
+        await states.wait_for(ConnectionState.OPEN)
+
+        resumed = await next_event(sub)
+        assert isinstance(resumed, Subscribed)
+        assert resumed.resumed
+        replayed = [await next_event(sub) for _ in range(2)]
+        assert [(e.op, e.key) for e in replayed if isinstance(e, Change)] == [
+            ("insert", "b"), ("insert", "d")]
+        # and live again afterwards
+        await post(http, "log", {"_id": "e", "keep": True})
+        live_again = await next_event(sub)
+        assert isinstance(live_again, Change)
+        assert live_again.key == "e"
+
+
+async def test_resync_reloads_with_a_snapshot(live: LiveServer, http: httpx.AsyncClient) -> None:
+    await post(http, "items", {"_id": "x", "n": 1})
+    await post(http, "items", {"_id": "y", "n": 2})
+    unknown = "82" + "0" * 40
+    async with connect(live.url) as client, client.subscribe("items", since=unknown) as sub:
+        events = await until(sub, lambda e: isinstance(e, Snapshot))
+        kinds = [type(e).__name__ for e in events]
+        assert kinds == ["Subscribed", "Reset", "Subscribed", "Snapshot"]
+        assert isinstance(events[0], Subscribed)
+        assert events[0].resumed
+        assert events[1] == Reset("history_lost")
+        snap = events[3]
+        assert isinstance(snap, Snapshot)
+        assert snap.reload
+        assert [d["_id"] for d in snap.documents] == ["x", "y"]
+        assert sub.since == snap.head
+        await post(http, "items", {"_id": "z", "n": 3})
+        change = await next_event(sub)
+        assert isinstance(change, Change)
+        assert change.key == "z"
+
+
+async def test_subscription_errors_end_the_iteration(live: LiveServer) -> None:
+    async with connect(live.url) as client:
+        sub = client.subscribe("orders", filter={"$where": "1"})
+        with pytest.raises(SubscriptionError) as info:
+            await next_event(sub)
+        assert info.value.code == "bad_filter"
+        assert sub.closed
+        # the connection is still good
+        ok = client.subscribe("orders")
+        assert isinstance(await next_event(ok), Subscribed)
+
+
+async def test_close_ends_iteration(live: LiveServer) -> None:
+    client = connect(live.url)
+    await client.open()
+    sub = client.subscribe("orders")
+    assert isinstance(await next_event(sub), Subscribed)
+    await client.close()
+    assert client.state is ConnectionState.CLOSED
+    with pytest.raises(StopAsyncIteration):
+        await next_event(sub)
+
+
+# ---------------------------------------------------------------------------
+# Against a server process that dies and comes back
+
+
+@pytest.fixture
+async def server(mongo: EmbeddedServer) -> AsyncIterator[ServerProcess]:
+    proc = ServerProcess({"REALTIME_MONGODB_URI": mongo.uri,
+                          "REALTIME_DATABASE": f"c_{uuid.uuid4().hex[:12]}"})
+    try:
+        await proc.start()
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("how", ["kill", "terminate"])
+async def test_restart_mid_stream_loses_nothing(server: ServerProcess, mongo: EmbeddedServer,
+                                                how: str) -> None:
+    """Kill (or stop) the server mid-stream, write while it is down, restart it:
+    the subscriber ends with exactly the database's documents."""
+    states = StateLog()
+    db_name = server.env["REALTIME_DATABASE"]
+    async with httpx.AsyncClient(timeout=10) as http, \
+            AsyncMongoClient(mongo.uri) as direct, \
+            connect(server.url, on_state=states, delay=lambda attempt: 0.1) as client, \
+            client.subscribe("orders", snapshot=True) as sub:
+        view = LiveView()
+        for event in await until(sub, lambda e: isinstance(e, Snapshot)):
+            view.apply(event)
+        for i in range(5):
+            await post(http, "orders", {"_id": f"o{i}", "n": i}, base=server.url)
+        for event in await until(sub, lambda e: isinstance(e, Change) and e.key == "o4"):
+            view.apply(event)
+        assert sorted(view.documents) == [f"o{i}" for i in range(5)]
+
+        if how == "kill":
+            server.kill()
+        else:
+            server.terminate()
+        await states.wait_for(ConnectionState.RECONNECTING)
+
+        # Writes while the server is down go straight to the database.
+        coll = direct[db_name]["orders"]
+        await coll.insert_many([{"_id": f"o{i}", "n": i, "_version": 1} for i in range(5, 8)])
+        await coll.update_one({"_id": "o0"}, {"$set": {"n": 100}, "$inc": {"_version": 1}})
+        await coll.delete_one({"_id": "o1"})
+
+        await server.start()
+        await states.wait_for(ConnectionState.OPEN, within=30)
+        # One more write through the restarted server, to know when we are caught up.
+        await post(http, "orders", {"_id": "last"}, base=server.url)
+        events = await until(sub, lambda e: isinstance(e, Change) and e.key == "last", 30)
+        for event in events:
+            view.apply(event)
+        # The restarted server either resumes from our last event id (the missed changes
+        # are replayed) or cannot (reset, then a snapshot): either way nothing is lost.
+        assert any(isinstance(e, Reset) for e in events) or any(
+            isinstance(e, Subscribed) and e.resumed for e in events)
+        expected = await database_state(http, "orders", base=server.url)
+        assert view.documents == expected
+        assert expected["o0"]["n"] == 100
+        assert "o1" not in expected
+        assert {"o5", "o6", "o7", "last"} <= set(expected)
