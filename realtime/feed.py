@@ -211,7 +211,8 @@ class Feed:
         stall_after = self._settings.feed_max_await_ms / 1000 * self._settings.stall_factor
         while True:
             try:
-                raw = await asyncio.wait_for(stream.try_next(), stall_after)
+                async with asyncio.timeout(stall_after):
+                    raw = await stream.try_next()
             except TimeoutError:
                 raise Stalled(f"no batch or heartbeat in {stall_after:.1f} s") from None
             if raw is None:
