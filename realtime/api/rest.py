@@ -1,0 +1,437 @@
+"""``/api/...``: the REST API for writers and readers of documents (DESIGN §4).
+
+Request bodies are read here, not by pydantic: the size limit is enforced on
+``Content-Length`` and on the bytes actually received (413), the media type must
+be JSON (415), the body is decoded by :func:`realtime.codec.loads` (400) and
+checked by :func:`realtime.codec.check_document` (422). Responses are encoded by
+:func:`realtime.codec.dumps`; every error is ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from realtime import query
+from realtime.api.deps import SettingsDep, StoreDep
+from realtime.codec import check_document, dumps, key_to_json, loads, parse_id
+from realtime.config import Settings
+from realtime.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    InvalidDocument,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from realtime.store import (
+    MAX_BULK,
+    MAX_LIMIT,
+    BulkResult,
+    IfMatch,
+    check_id,
+    parse_sort,
+    version_of,
+)
+
+__all__ = ["parse_if_match", "read_json", "router"]
+
+router = APIRouter(prefix="/api", tags=["documents"])
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+_STREAM_CHUNK = 64 * 1024
+
+# ----------------------------------------------------------------- OpenAPI bits
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+_DOCUMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A JSON document; `_id` (string, 24-hex = ObjectId) and the "
+                   "server-managed `_version` (int) are always present in responses.",
+    "additionalProperties": True,
+}
+_WHY: dict[int, str] = {
+    400: "Malformed JSON, a bad filter, sort, cursor, parameter, id or collection name.",
+    404: "No such document, or the collection is not exposed.",
+    409: "A document with this `_id` already exists (or it kept changing: retry).",
+    412: "`If-Match` did not match the document's current version.",
+    413: "The body is over the size limit.",
+    415: "The body is not JSON.",
+    422: "Not a storable document (not an object; a field name starting with `$`, "
+         "containing `.` or NUL; a bad `_id`).",
+    503: "The database is unreachable; retry after `Retry-After` seconds.",
+}
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in (*codes, 503):
+        entry: dict[str, Any] = {
+            "description": _WHY[code],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+        }
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                "description": "Seconds to wait."}}
+        out[code] = entry
+    return out
+
+
+def _ok(code: int, description: str, schema: dict[str, Any] | None = None, *,
+        etag: bool = False, location: bool = False) -> dict[int | str, dict[str, Any]]:
+    entry: dict[str, Any] = {"description": description}
+    if schema is not None:
+        entry["content"] = {JSON: {"schema": schema}}
+    headers: dict[str, Any] = {}
+    if etag:
+        headers["ETag"] = {"schema": {"type": "string"}, "description": 'The version, `"<n>"`.'}
+    if location:
+        headers["Location"] = {"schema": {"type": "string"}, "description": "The new document."}
+    if headers:
+        entry["headers"] = headers
+    return {code: entry}
+
+
+def _body(schema: dict[str, Any], *media: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {m: {"schema": schema} for m in media}}}
+
+
+# ------------------------------------------------------------------ request bits
+
+_MEDIA = re.compile(r"^application/(?:[A-Za-z0-9.!#$&^_-]+\+)?json$")
+_ETAG = re.compile(r'^(?:W/)?(?:"([0-9]{1,18})"|([0-9]{1,18}))$')
+
+
+def _check_media_type(value: str | None, *, patch: bool) -> None:
+    """Raises UnsupportedMediaType unless ``value`` is a JSON media type."""
+    if not value:
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    if patch and media == "application/json-patch+json":
+        raise UnsupportedMediaType(
+            "JSON Patch (RFC 6902) is not supported; send a JSON merge patch "
+            f"(RFC 7396) as {MERGE_PATCH}")
+    if not _MEDIA.match(media):
+        wanted = f"{MERGE_PATCH} or {JSON}" if patch else JSON
+        raise UnsupportedMediaType(f"Content-Type {media[:80]!r} is not JSON; send {wanted}")
+    for param in params.split(";"):
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in (
+                "utf-8", "utf8"):
+            raise UnsupportedMediaType("JSON bodies must be UTF-8")
+
+
+async def read_json(request: Request, settings: Settings, *, patch: bool = False) -> Any:
+    """The request's JSON body, decoded.
+
+    Raises:
+        UnsupportedMediaType: the Content-Type is not JSON (415).
+        PayloadTooLarge: ``Content-Length`` or the received body is over
+            ``settings.max_body_bytes`` (413).
+        BadRequest: a bad ``Content-Length`` or malformed JSON (400).
+    """
+    _check_media_type(request.headers.get("content-type"), patch=patch)
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadRequest("invalid Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    if size == 0:
+        raise BadRequest("empty body; send a JSON document")
+    return loads(b"".join(chunks))
+
+
+def parse_if_match(value: str | None) -> IfMatch:
+    """``If-Match``: ``"<n>"`` (also ``W/"n"`` and bare ``n``), ``*``, or absent.
+
+    Raises:
+        BadRequest: anything else (400).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "*":
+        return "*"
+    match = _ETAG.match(value)
+    if match is None:
+        raise BadRequest(f'If-Match must be one entity tag like "3" or *, not {value[:40]!r}')
+    return int(match.group(1) or match.group(2))
+
+
+def _path_id(value: str) -> Any:
+    """A path id: 24-hex is an ObjectId, anything else a string. Raises BadRequest."""
+    try:
+        return check_id(parse_id(value))
+    except InvalidDocument as exc:
+        raise BadRequest(f"bad document id: {exc.detail}") from None
+
+
+def _document(value: Any) -> dict[str, Any]:
+    """Raises InvalidDocument unless ``value`` is a storable document with an addressable id."""
+    doc = check_document(value)
+    if "_id" in doc:
+        check_id(doc["_id"])
+    return doc
+
+
+def _doc_response(doc: dict[str, Any], status: int = 200, *,
+                  location: str | None = None) -> Response:
+    headers = {"ETag": f'"{version_of(doc)}"'}
+    if location is not None:
+        headers["Location"] = location
+    return Response(dumps(doc), status_code=status, media_type=JSON, headers=headers)
+
+
+def _location(collection: str, id: Any) -> str:
+    key = key_to_json(id)
+    return f"/api/collections/{collection}/documents/{quote(str(key), safe='')}"
+
+
+def _bulk_json(result: BulkResult) -> dict[str, Any]:
+    items: list[dict[str, Any]] = []
+    for item in result.items:
+        entry: dict[str, Any] = {"index": item.index, "status": item.status}
+        if item.status == 201:
+            entry["_id"] = item.id
+            entry["_version"] = item.version
+        else:
+            entry["detail"] = item.detail
+        items.append(entry)
+    return {"inserted": result.inserted, "failed": len(result.items) - result.inserted,
+            "items": items}
+
+
+# ------------------------------------------------------------------------ routes
+
+_DOCS = "/collections/{collection}/documents"
+_ONE = "/collections/{collection}/documents/{id:path}"
+IfMatchHeader = Annotated[
+    str | None,
+    Header(alias="If-Match", description='`"<version>"` from an ETag, or `*` (must exist).'),
+]
+
+_LIST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "documents": {"type": "array", "items": _DOCUMENT_SCHEMA},
+        "next": {"type": ["string", "null"],
+                 "description": "Cursor of the next page (`after`), null on the last page."},
+    },
+    "required": ["documents", "next"],
+}
+_BULK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "inserted": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "items": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"index": {"type": "integer"}, "status": {"type": "integer"},
+                           "_id": {}, "_version": {"type": "integer"},
+                           "detail": {"type": "string"}},
+            "required": ["index", "status"]}},
+    },
+}
+
+
+@router.get(
+    "/collections",
+    summary="Collections this service exposes",
+    responses={**_ok(200, "The exposed collections, sorted.", {
+        "type": "object",
+        "properties": {"collections": {"type": "array", "items": {"type": "string"}}},
+    }), **_problems()},
+)
+async def list_collections(store: StoreDep) -> Response:
+    """``{"collections": [...]}``: the allow-list if configured, else the database's."""
+    return Response(dumps({"collections": await store.collections()}), media_type=JSON)
+
+
+@router.post(
+    _DOCS,
+    summary="Insert a document",
+    status_code=201,
+    responses={**_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
+               **_problems(400, 404, 409, 413, 415, 422)},
+    openapi_extra=_body(_DOCUMENT_SCHEMA, JSON),
+)
+async def insert_document(collection: str, request: Request, store: StoreDep,
+                          settings: SettingsDep) -> Response:
+    """Insert the body (``_id`` optional: an ObjectId is generated) at ``_version`` 1."""
+    store.check_collection(collection)
+    doc = _document(await read_json(request, settings))
+    stored = await store.insert(collection, doc)
+    return _doc_response(stored, 201, location=_location(collection, stored["_id"]))
+
+
+@router.post(
+    _DOCS + ":bulk",
+    summary="Insert many documents (ordered)",
+    responses={
+        **_ok(200, "Every document was inserted.", _BULK_SCHEMA),
+        **_ok(207, "An item failed: it has its status and detail; items before it were "
+                   "inserted, items after it have status 424 (not attempted).", _BULK_SCHEMA),
+        **_problems(400, 404, 413, 415, 422),
+    },
+    openapi_extra=_body({"type": "array", "maxItems": MAX_BULK, "items": _DOCUMENT_SCHEMA},
+                        JSON),
+)
+async def insert_documents(collection: str, request: Request, store: StoreDep,
+                           settings: SettingsDep) -> Response:
+    """Insert a JSON array of at most 1000 documents in order, stopping at the first failure."""
+    store.check_collection(collection)
+    items = await read_json(request, settings)
+    if not isinstance(items, list):
+        raise InvalidDocument("a bulk body must be a JSON array of documents")
+    if len(items) > MAX_BULK:
+        raise PayloadTooLarge(f"at most {MAX_BULK} documents per bulk request")
+    result = await store.insert_many(collection, items)
+    return Response(dumps(_bulk_json(result)), status_code=200 if result.ok else 207,
+                    media_type=JSON)
+
+
+@router.get(
+    _DOCS,
+    summary="List documents (filter, sort, keyset pages)",
+    responses={**_ok(200, "A page of documents.", _LIST_SCHEMA), **_problems(400, 404)},
+)
+async def list_documents(
+    collection: str,
+    store: StoreDep,
+    filter_: Annotated[str | None, Query(
+        alias="filter", max_length=65_536,
+        description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')] = None,
+    sort: Annotated[str | None, Query(
+        max_length=2048, description="Comma-separated fields, `-` for descending: `-ts,name`."
+    )] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 100,
+    after: Annotated[str | None, Query(
+        max_length=16_384, description="The previous page's `next`.")] = None,
+    skip: Annotated[int, Query(ge=0, le=10_000_000, description="Documents to skip.")] = 0,
+) -> Response:
+    """One page of documents, streamed; ``next`` continues after its last document."""
+    store.check_collection(collection)
+    mongo_filter: dict[str, Any] = {}
+    if filter_ is not None:
+        try:
+            mongo_filter = query.to_mongo(query.validate(loads(filter_)))
+        except BadRequest as exc:
+            raise BadRequest(f"filter is not valid JSON: {exc.detail}") from None
+        except query.FilterError as exc:
+            raise BadRequest(f"bad filter: {exc}") from None
+    page = await store.list(collection, filter=mongo_filter, sort=parse_sort(sort),
+                            limit=limit, after=after, skip=skip)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            buf = bytearray(b'{"documents":[')
+            first = True
+            async for doc in page:
+                if not first:
+                    buf += b","
+                first = False
+                buf += dumps(doc)
+                if len(buf) >= _STREAM_CHUNK:
+                    yield bytes(buf)
+                    buf.clear()
+            buf += b'],"next":' + dumps(page.next) + b"}"
+            yield bytes(buf)
+        finally:
+            await page.aclose()
+
+    return StreamingResponse(body(), media_type=JSON)
+
+
+@router.get(
+    _ONE,
+    summary="Get one document",
+    responses={**_ok(200, "The document.", _DOCUMENT_SCHEMA, etag=True),
+               **_problems(400, 404)},
+)
+async def get_document(collection: str, id: str, store: StoreDep) -> Response:
+    """The document with this id (24-hex = ObjectId), with its ``ETag``."""
+    store.check_collection(collection)
+    return _doc_response(await store.get(collection, _path_id(id)))
+
+
+@router.put(
+    _ONE,
+    summary="Replace or create a document",
+    responses={**_ok(200, "Replaced.", _DOCUMENT_SCHEMA, etag=True),
+               **_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
+               **_problems(400, 404, 409, 412, 413, 415, 422)},
+    openapi_extra=_body(_DOCUMENT_SCHEMA, JSON),
+)
+async def replace_document(collection: str, id: str, request: Request, store: StoreDep,
+                           settings: SettingsDep, if_match: IfMatchHeader = None) -> Response:
+    """Replace the document (``_version`` + 1) or create it; ``If-Match`` makes it conditional."""
+    store.check_collection(collection)
+    key = _path_id(id)
+    precondition = parse_if_match(if_match)
+    doc = _document(await read_json(request, settings))
+    stored, created = await store.replace(collection, key, doc, if_match=precondition)
+    if created:
+        return _doc_response(stored, 201, location=_location(collection, key))
+    return _doc_response(stored)
+
+
+@router.patch(
+    _ONE,
+    summary="Update a document with a JSON merge patch (RFC 7396)",
+    responses={**_ok(200, "Updated.", _DOCUMENT_SCHEMA, etag=True),
+               **_problems(400, 404, 409, 412, 413, 415, 422)},
+    openapi_extra=_body(_DOCUMENT_SCHEMA, MERGE_PATCH, JSON),
+)
+async def patch_document(collection: str, id: str, request: Request, store: StoreDep,
+                         settings: SettingsDep, if_match: IfMatchHeader = None) -> Response:
+    """Merge the patch into the document: objects merge, ``null`` removes, the rest replaces."""
+    store.check_collection(collection)
+    key = _path_id(id)
+    precondition = parse_if_match(if_match)
+    body = await read_json(request, settings, patch=True)
+    if not isinstance(body, dict):
+        raise InvalidDocument("a merge patch for a document must be a JSON object")
+    patch = check_document(body)
+    return _doc_response(await store.patch(collection, key, patch, if_match=precondition))
+
+
+@router.delete(
+    _ONE,
+    summary="Delete a document",
+    status_code=204,
+    responses={204: {"description": "Deleted."}, **_problems(400, 404, 412)},
+)
+async def delete_document(collection: str, id: str, store: StoreDep,
+                          if_match: IfMatchHeader = None) -> Response:
+    """Delete the document; 404 if absent, 412 if ``If-Match`` does not match."""
+    store.check_collection(collection)
+    await store.delete(collection, _path_id(id), if_match=parse_if_match(if_match))
+    return Response(status_code=204)

@@ -1,0 +1,803 @@
+"""Document operations used by the REST layer: versions, preconditions, pages.
+
+Every document carries a server-managed ``_version`` (1 on insert, +1 on each
+write; a document written by someone else without one counts as version 0).
+Writes that depend on the current version (PUT, PATCH, conditional DELETE)
+are compare-and-set operations on ``{_id, _version}``, so concurrent writers
+never lose each other's changes.
+
+Lists are keyset-paginated. The ``after`` cursor is urlsafe base64 (no
+padding) of a JSON object ``{"s": [[field, direction], ...], "k": [value,
+...]}``: the full sort (including the ``_id`` tie-break) and the last
+document's value for each sort key. Values keep their BSON type through a
+small tagged form (see :func:`encode_cursor`). The next page is "everything
+strictly after those values in the sort order", built as an ``$or`` of
+equality prefixes and one strict comparison, where a strict comparison
+follows MongoDB's cross-type order (null/missing < numbers < strings <
+objects < binary < ObjectId < bool < date < ...): ``$gt`` only compares
+within one type, so the types that sort after a value are added with
+``$type``. A missing field sorts as null. Sort keys whose values are arrays
+are not supported for exact paging (MongoDB sorts an array by its smallest or
+largest element).
+
+This module does not import the driver; it works through :mod:`realtime.db`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import bson
+import orjson
+from bson import Binary, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson.code import Code
+from bson.errors import BSONError
+
+from realtime.codec import check_document, key_to_json
+from realtime.config import Settings
+from realtime.db import Collection, Database
+from realtime.errors import (
+    BadRequest,
+    Conflict,
+    DuplicateKey,
+    InvalidDocument,
+    NotFound,
+    PreconditionFailed,
+    RealtimeError,
+)
+from realtime.names import check_collection
+
+__all__ = [
+    "MAX_BULK",
+    "MAX_ID_LENGTH",
+    "MAX_LIMIT",
+    "BulkItem",
+    "BulkResult",
+    "IfMatch",
+    "Page",
+    "SortSpec",
+    "Store",
+    "check_id",
+    "decode_cursor",
+    "encode_cursor",
+    "keyset_condition",
+    "merge_patch",
+    "parse_sort",
+    "version_of",
+]
+
+MAX_BULK = 1000
+MAX_LIMIT = 1000
+MAX_ID_LENGTH = 1024
+MAX_SORT_KEYS = 8
+MAX_CURSOR_LENGTH = 16_384
+#: Compare-and-set attempts of an unconditional PUT/PATCH before giving up (409).
+MAX_ATTEMPTS = 16
+
+#: ``If-Match``: a version, ``"*"`` (the document must exist) or absent.
+IfMatch = int | Literal["*"] | None
+#: Sort keys and directions (1 or -1); the last key is always ``_id``.
+SortSpec = tuple[tuple[str, int], ...]
+
+_MISSING: Any = object()
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def check_id(value: Any) -> Any:
+    """Return ``value`` if it is a document id the REST API can address.
+
+    Ids are ObjectIds or non-empty strings of at most 1024 characters without
+    NUL (a 24-hex string has already become an ObjectId via ``codec.parse_id``).
+
+    Raises:
+        InvalidDocument: any other id (numbers, empty or over-long strings).
+    """
+    if isinstance(value, ObjectId):
+        return value
+    if not isinstance(value, str):
+        raise InvalidDocument("_id must be a string (a 24-hex string is an ObjectId)")
+    if not value:
+        raise InvalidDocument("_id must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidDocument(f"_id must be at most {MAX_ID_LENGTH} characters")
+    if "\x00" in value:
+        raise InvalidDocument("_id must not contain NUL")
+    return value
+
+
+def version_of(doc: Mapping[str, Any]) -> int:
+    """The document's ``_version`` (0 if it has none, e.g. written by another client)."""
+    version = doc.get("_version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    return 0
+
+
+def _version_is(version: int) -> dict[str, Any]:
+    """A query on ``_version``; version 0 also matches documents without one."""
+    if version == 0:
+        return {"$in": [0, None]}
+    return {"$eq": version}
+
+
+# ------------------------------------------------------------------ merge patch
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply an RFC 7396 JSON merge patch to ``target`` and return the result.
+
+    Objects merge recursively, ``null`` removes a member, anything else
+    (arrays included) replaces. ``target`` is not modified.
+    """
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Structural equality that also compares types (``1``, ``1.0``, ``True`` differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Mapping):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+# ------------------------------------------------------------------------- sort
+
+_SEGMENT = re.compile(r"^[^$\x00.][^\x00.]*$")
+
+
+def _check_field(path: str) -> str:
+    if not path:
+        raise BadRequest("empty sort field")
+    if len(path) > 256:
+        raise BadRequest("sort field longer than 256 characters")
+    for segment in path.split("."):
+        if not _SEGMENT.match(segment):
+            raise BadRequest(f"invalid sort field {path[:80]!r}: path segments must be "
+                             "non-empty, must not start with '$' or contain NUL")
+    return path
+
+
+def parse_sort(text: str | None) -> SortSpec:
+    """Parse ``-ts,name`` (``-`` descending, ``+`` or nothing ascending).
+
+    The ``_id`` tie-break is appended in the direction of the last key
+    (ascending if there is no sort); keys after an explicit ``_id`` are dropped
+    since ``_id`` is unique.
+
+    Raises:
+        BadRequest: an empty or invalid field, a duplicate, more than 8 keys.
+    """
+    keys: list[tuple[str, int]] = []
+    if text is not None and text.strip():
+        for raw in text.split(","):
+            item = raw.strip()
+            direction = 1
+            if item[:1] in ("-", "+"):
+                direction = -1 if item[0] == "-" else 1
+                item = item[1:].strip()
+            _check_field(item)
+            if any(item == k for k, _ in keys):
+                raise BadRequest(f"sort field {item!r} given twice")
+            keys.append((item, direction))
+            if item == "_id":
+                break
+    if len(keys) > MAX_SORT_KEYS:
+        raise BadRequest(f"at most {MAX_SORT_KEYS} sort fields")
+    if not keys or keys[-1][0] != "_id":
+        keys.append(("_id", keys[-1][1] if keys else 1))
+    return tuple(keys)
+
+
+# ----------------------------------------------------------------------- cursor
+
+
+def _tag(value: Any) -> Any:
+    """The tagged JSON form of a BSON value (JSON scalars stay as they are)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"f": repr(value)}
+    if isinstance(value, ObjectId):
+        return {"o": str(value)}
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        return {"t": delta // dt.timedelta(milliseconds=1)}
+    if isinstance(value, Decimal128):
+        return {"m": str(value)}
+    if isinstance(value, Binary):
+        return {"b": base64.b64encode(value).decode("ascii"), "st": value.subtype}
+    if isinstance(value, bytes):
+        return {"b": base64.b64encode(value).decode("ascii"), "st": 0}
+    if isinstance(value, list):
+        return {"a": [_tag(v) for v in value]}
+    if isinstance(value, Mapping):
+        return {"d": [[str(k), _tag(v)] for k, v in value.items()]}
+    # Rare types (Timestamp, Regex, MinKey, Code, ...) travel as BSON.
+    raw = bson.encode({"v": value})
+    return {"x": base64.b64encode(raw).decode("ascii")}
+
+
+def _untag(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError("integer out of range")
+    if value is None or isinstance(value, bool | str | int | float):
+        return value
+    if not isinstance(value, dict) or len(value) not in (1, 2):
+        raise ValueError("bad tagged value")
+    if "o" in value:
+        return ObjectId(value["o"])
+    if "t" in value:
+        ms = value["t"]
+        if not isinstance(ms, int) or isinstance(ms, bool):
+            raise ValueError("bad date")
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+    if "m" in value:
+        return Decimal128(str(value["m"]))
+    if "f" in value:
+        if value["f"] not in ("nan", "inf", "-inf"):
+            raise ValueError("bad float")
+        return float(value["f"])
+    if "b" in value:
+        subtype = value.get("st", 0)
+        if not isinstance(subtype, int) or not 0 <= subtype <= 255:
+            raise ValueError("bad binary subtype")
+        data = base64.b64decode(value["b"], validate=True)
+        return data if subtype == 0 else Binary(data, subtype)
+    if "a" in value and isinstance(value["a"], list):
+        return [_untag(v) for v in value["a"]]
+    if "d" in value and isinstance(value["d"], list):
+        out: dict[str, Any] = {}
+        for pair in value["d"]:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ValueError("bad object member")
+            out[pair[0]] = _untag(pair[1])
+        return out
+    if "x" in value:
+        return bson.decode(base64.b64decode(value["x"], validate=True))["v"]
+    raise ValueError("unknown tag")
+
+
+def encode_cursor(sort: SortSpec, values: Sequence[Any]) -> str:
+    """The opaque ``after`` cursor for the document whose sort values are ``values``."""
+    payload = {"s": [list(k) for k in sort], "k": [_tag(v) for v in values]}
+    raw = orjson.dumps(payload)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(token: str, sort: SortSpec) -> list[Any]:
+    """The sort values in ``token``.
+
+    Raises:
+        BadRequest: the cursor is malformed or was made for a different sort.
+    """
+    if len(token) > MAX_CURSOR_LENGTH:
+        raise BadRequest("malformed cursor: too long")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = orjson.loads(raw)
+        if not isinstance(payload, dict) or not isinstance(payload.get("k"), list):
+            raise ValueError("not a cursor")
+        made_for = payload.get("s")
+        values = [_untag(v) for v in payload["k"]]
+    except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError,
+            binascii.Error, BSONError):
+        raise BadRequest("malformed cursor (use the `next` value of the previous page)") from None
+    if made_for != [list(k) for k in sort] or len(values) != len(sort):
+        raise BadRequest("the cursor was made for a different sort")
+    return values
+
+
+def _path_value(doc: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path; missing (or through a non-object) is None."""
+    value: Any = doc
+    for segment in path.split("."):
+        if not isinstance(value, Mapping) or segment not in value:
+            return None
+        value = value[segment]
+    return value
+
+
+# MongoDB's cross-type sort order (arrays sort by their elements: not listed).
+_NULL = 1
+_CLASSES: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (0, ("minKey",)),
+    (2, ("double", "int", "long", "decimal")),
+    (3, ("string", "symbol")),
+    (4, ("object",)),
+    (6, ("binData",)),
+    (7, ("objectId",)),
+    (8, ("bool",)),
+    (9, ("date",)),
+    (10, ("timestamp",)),
+    (11, ("regex",)),
+    (12, ("javascript",)),
+    (13, ("maxKey",)),
+)
+
+
+def _type_class(value: Any) -> int:
+    checks: tuple[tuple[type | tuple[type, ...], int], ...] = (
+        (bool, 8),
+        ((int, float, Decimal128), 2),
+        (str, 3),
+        (Mapping, 4),
+        (list, 5),
+        (bytes, 6),
+        (ObjectId, 7),
+        (dt.datetime, 9),
+        (Timestamp, 10),
+        ((Regex, re.Pattern), 11),
+        (Code, 12),
+        (MinKey, 0),
+        (MaxKey, 13),
+    )
+    if value is None:
+        return _NULL
+    for kind, rank in checks:
+        if isinstance(value, kind):
+            return rank
+    return _NULL
+
+
+def _beyond(path: str, value: Any, direction: int) -> dict[str, Any]:
+    """Documents whose ``path`` sorts strictly after ``value`` in ``direction``."""
+    rank = _type_class(value)
+    comparable = rank not in (_NULL, 0, 13)
+    terms: list[dict[str, Any]] = []
+    if direction > 0:
+        if comparable:
+            terms.append({path: {"$gt": value}})
+        later = [t for r, types in _CLASSES if r > rank for t in types]
+        if later:
+            terms.append({path: {"$type": later}})
+    else:
+        if comparable:
+            terms.append({path: {"$lt": value}})
+        earlier = [t for r, types in _CLASSES if r < rank for t in types]
+        if earlier:
+            terms.append({path: {"$type": earlier}})
+        if rank > _NULL:
+            terms.append({path: {"$eq": None}})
+    if not terms:
+        return {path: {"$in": []}}
+    return terms[0] if len(terms) == 1 else {"$or": terms}
+
+
+def keyset_condition(sort: SortSpec, values: Sequence[Any]) -> dict[str, Any]:
+    """The query for documents strictly after ``values`` in the order ``sort``."""
+    branches: list[dict[str, Any]] = []
+    for i, (path, direction) in enumerate(sort):
+        terms = [{p: {"$eq": v}} for (p, _), v in zip(sort[:i], values[:i], strict=True)]
+        terms.append(_beyond(path, values[i], direction))
+        branches.append(terms[0] if len(terms) == 1 else {"$and": terms})
+    return branches[0] if len(branches) == 1 else {"$or": branches}
+
+
+# ------------------------------------------------------------------------- page
+
+
+class Page:
+    """One page of a listing, streamed from the server cursor.
+
+    Iterate it (once) for at most ``limit`` documents; afterwards :attr:`next`
+    is the cursor of the following page, or None on the last page. Always
+    :meth:`aclose` it. The first document is fetched by :meth:`Store.list`, so
+    database errors surface before a response starts.
+    """
+
+    def __init__(self, docs: AsyncIterator[dict[str, Any]], sort: SortSpec, limit: int) -> None:
+        self._docs = docs
+        self._sort = sort
+        self._limit = limit
+        self._head: list[dict[str, Any]] = []
+        self.next: str | None = None
+
+    async def _prefetch(self) -> None:
+        async for doc in self._docs:
+            self._head.append(doc)
+            break
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield the page's documents, then set :attr:`next`.
+
+        Raises:
+            DatabaseUnavailable: the database went away mid-page.
+        """
+        count = 0
+        last: dict[str, Any] | None = None
+        for doc in self._head:
+            count += 1
+            last = doc
+            yield doc
+        self._head.clear()
+        if count == 0:
+            return
+        async for doc in self._docs:
+            if count == self._limit:  # the (limit+1)-th document: there is a next page
+                assert last is not None  # noqa: S101 - count > 0
+                self.next = encode_cursor(self._sort,
+                                          [_path_value(last, p) for p, _ in self._sort])
+                return
+            count += 1
+            last = doc
+            yield doc
+
+    async def aclose(self) -> None:
+        """Close the server cursor."""
+        aclose = getattr(self._docs, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# ------------------------------------------------------------------------- bulk
+
+
+@dataclass(slots=True)
+class BulkItem:
+    """The outcome of one item of a bulk insert."""
+
+    index: int
+    status: int
+    id: Any = None
+    version: int | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class BulkResult:
+    """Per-item outcomes of an ordered bulk insert, in request order."""
+
+    items: list[BulkItem] = field(default_factory=list)
+
+    @property
+    def inserted(self) -> int:
+        """How many documents were inserted."""
+        return sum(1 for item in self.items if item.status == 201)
+
+    @property
+    def ok(self) -> bool:
+        """True if every item was inserted."""
+        return all(item.status == 201 for item in self.items)
+
+
+# ------------------------------------------------------------------------ store
+
+
+class Store:
+    """Versioned document operations on the exposed collections.
+
+    Every method checks the collection name first: :class:`BadRequest` (400)
+    for a name that is not allowed by :func:`realtime.names.check_collection`,
+    :class:`NotFound` (404) for a name outside ``settings.collections``. Every
+    method may raise :class:`DatabaseUnavailable` (503) when the database
+    cannot be reached within the server-selection timeout.
+    """
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self._settings = settings
+
+    # -- names
+
+    def check_collection(self, name: str) -> str:
+        """Return ``name`` if it is an exposed collection.
+
+        Raises:
+            BadRequest: an invalid name (pattern, ``system.*``).
+            NotFound: not in the ``collections`` allow-list.
+        """
+        try:
+            check_collection(name)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        allowed = self._settings.collections
+        if allowed is not None and name not in allowed:
+            raise NotFound(f"collection {name!r} is not exposed")
+        return name
+
+    def _coll(self, name: str) -> Collection:
+        return self._db.collection(self.check_collection(name))
+
+    async def _writable(self, name: str) -> Collection:
+        coll = self._coll(name)
+        await self._db.prepare_collection(name)
+        return coll
+
+    async def collections(self) -> list[str]:
+        """The exposed collections, sorted: the allow-list if set, else those in the database.
+
+        Raises:
+            DatabaseUnavailable
+        """
+        allowed = self._settings.collections
+        if allowed is not None:
+            return sorted(set(allowed))
+        names = await self._db.list_collection_names()
+        exposed = []
+        for name in names:
+            try:
+                exposed.append(check_collection(name))
+            except ValueError:
+                continue
+        return sorted(exposed)
+
+    # -- reads
+
+    async def get(self, collection: str, id: Any) -> dict[str, Any]:
+        """The document with ``_id`` ``id``.
+
+        Raises:
+            NotFound: no such document.
+        """
+        doc = await self._coll(collection).find_one({"_id": id})
+        if doc is None:
+            raise _not_found(collection, id)
+        return doc
+
+    async def list(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        sort: SortSpec | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        skip: int = 0,
+    ) -> Page:
+        """A page of documents matching ``filter`` (already in MongoDB form).
+
+        ``sort`` comes from :func:`parse_sort` (default: ``_id`` ascending),
+        ``after`` is the previous page's ``next``. The page fetches ``limit + 1``
+        documents to learn whether there is a next one.
+
+        Raises:
+            BadRequest: a malformed cursor, a limit outside 1..1000, a negative skip.
+        """
+        coll = self._coll(collection)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+        if skip < 0:
+            raise BadRequest("skip must not be negative")
+        sort = sort or parse_sort(None)
+        query: dict[str, Any] = dict(filter or {})
+        if after is not None:
+            keyset = keyset_condition(sort, decode_cursor(after, sort))
+            query = {"$and": [query, keyset]} if query else keyset
+        docs = coll.find(query, sort=list(sort), limit=limit + 1, skip=skip,
+                         batch_size=min(limit + 1, 500))
+        page = Page(docs, sort, limit)
+        try:
+            await page._prefetch()
+        except BaseException:
+            await page.aclose()
+            raise
+        return page
+
+    # -- writes
+
+    async def insert(self, collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert ``doc`` (checked by ``codec.check_document``) with ``_version`` 1.
+
+        Without ``_id`` the driver generates an ObjectId. Returns the stored document.
+
+        Raises:
+            DuplicateKey: a document with this ``_id`` exists (409).
+            InvalidDocument: an ``_id`` the API cannot address (422).
+        """
+        coll = self._coll(collection)
+        stored = _versioned(doc, 1)
+        if "_id" in stored:
+            check_id(stored["_id"])
+        await self._db.prepare_collection(collection)
+        new_id = await coll.insert_one(stored)
+        return {"_id": new_id, **{k: v for k, v in stored.items() if k != "_id"}}
+
+    async def insert_many(self, collection: str, items: Sequence[Any]) -> BulkResult:
+        """Insert decoded JSON values in order, stopping at the first failure.
+
+        Each item is checked with ``codec.check_document``; an invalid item
+        (422) or a duplicate ``_id`` (409) stops the insert, and later items are
+        reported with status 424 (not attempted).
+
+        Raises:
+            BadRequest: more than 1000 items.
+        """
+        coll = self._coll(collection)
+        if len(items) > MAX_BULK:
+            raise BadRequest(f"at most {MAX_BULK} documents per bulk request")
+        result = BulkResult()
+        docs: list[dict[str, Any]] = []
+        failure: BulkItem | None = None
+        for index, item in enumerate(items):
+            try:
+                doc = _versioned(check_document(item), 1)
+                if "_id" in doc:
+                    check_id(doc["_id"])
+            except InvalidDocument as exc:
+                failure = BulkItem(index, exc.status, detail=exc.detail)
+                break
+            docs.append(doc)
+        if docs:
+            await self._db.prepare_collection(collection)
+            ids, errors = await coll.insert_many(docs)
+            result.items.extend(BulkItem(i, 201, id=key, version=1) for i, key in enumerate(ids))
+            if errors:
+                error = errors[0]
+                status = DuplicateKey.status if error.code == 11000 else InvalidDocument.status
+                detail = ("a document with this _id already exists" if error.code == 11000
+                          else f"rejected by the database: {error.message}")
+                failure = BulkItem(error.index, status, detail=detail)
+        if failure is not None:
+            result.items.append(failure)
+            result.items.extend(
+                BulkItem(i, 424, detail=f"not attempted: item {failure.index} failed")
+                for i in range(failure.index + 1, len(items))
+            )
+        return result
+
+    async def replace(
+        self, collection: str, id: Any, doc: Mapping[str, Any], *, if_match: IfMatch = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Replace (or, without ``If-Match``, create) the document ``id``.
+
+        Returns the stored document and whether it was created.
+
+        Raises:
+            InvalidDocument: the body's ``_id`` differs from ``id`` (422).
+            PreconditionFailed: ``if_match`` given and the document is absent or
+                at another version (412).
+            Conflict: it kept changing under us (409; retry).
+        """
+        check_id(id)
+        if "_id" in doc and not _same(doc["_id"], id):
+            raise InvalidDocument(
+                f"the body's _id {key_to_json(doc['_id'])!r} differs from the path's "
+                f"{key_to_json(id)!r}")
+        coll = await self._writable(collection)
+        for _ in range(MAX_ATTEMPTS):
+            if isinstance(if_match, int):
+                current: int | None = if_match
+            else:
+                old = await coll.find_one({"_id": id})
+                current = None if old is None else version_of(old)
+            if current is None:
+                if if_match is not None:
+                    raise _absent(collection, id)
+                stored = {"_id": id, **_versioned(doc, 1)}
+                try:
+                    await coll.insert_one(dict(stored))
+                except DuplicateKey:
+                    continue  # created concurrently: replace it instead
+                return stored, True
+            new = await coll.find_one_and_replace(
+                {"_id": id, "_version": _version_is(current)},
+                {"_id": id, **_versioned(doc, current + 1)},
+            )
+            if new is not None:
+                return new, False
+            if isinstance(if_match, int):
+                raise _mismatch(collection, id, if_match)
+        raise _busy(collection, id)
+
+    async def patch(
+        self, collection: str, id: Any, patch: Mapping[str, Any], *, if_match: IfMatch = None
+    ) -> dict[str, Any]:
+        """Apply an RFC 7396 merge patch (checked by ``codec.check_document``).
+
+        The result is written as one update (``$set``/``$unset`` of the changed
+        top-level fields, ``$inc`` of ``_version``) conditional on the version
+        read, retried on a lost race unless ``if_match`` pins the version. A
+        patch that changes nothing writes nothing.
+
+        Raises:
+            NotFound: no such document (404; 412 if ``if_match`` is given).
+            InvalidDocument: the patch tries to change ``_id`` (422).
+            PreconditionFailed: ``if_match`` does not match (412).
+            Conflict: it kept changing under us (409; retry).
+        """
+        check_id(id)
+        if "_id" in patch and not _same(patch["_id"], id):
+            raise InvalidDocument("_id cannot be changed")
+        changes = {k: v for k, v in patch.items() if k not in ("_id", "_version")}
+        coll = await self._writable(collection)
+        for _ in range(MAX_ATTEMPTS):
+            old = await coll.find_one({"_id": id})
+            if old is None:
+                if if_match is not None:
+                    raise _absent(collection, id)
+                raise _not_found(collection, id)
+            current = version_of(old)
+            if isinstance(if_match, int) and current != if_match:
+                raise _mismatch(collection, id, if_match)
+            merged = merge_patch(old, changes)
+            to_set = {k: merged[k] for k in changes
+                      if k in merged and not _same(merged[k], old.get(k, _MISSING))}
+            to_unset = {k: "" for k in changes if k not in merged and k in old}
+            if not to_set and not to_unset:
+                return old
+            update: dict[str, Any] = {"$inc": {"_version": 1}}
+            if current == 0 and "_version" not in old:
+                update = {"$set": {"_version": 1}}
+            if to_set:
+                update.setdefault("$set", {}).update(to_set)
+            if to_unset:
+                update["$unset"] = to_unset
+            new = await coll.find_one_and_update(
+                {"_id": id, "_version": _version_is(current)}, update)
+            if new is not None:
+                return new
+            if isinstance(if_match, int):
+                raise _mismatch(collection, id, if_match)
+        raise _busy(collection, id)
+
+    async def delete(self, collection: str, id: Any, *, if_match: IfMatch = None) -> None:
+        """Delete the document ``id``.
+
+        Raises:
+            NotFound: no such document (404; 412 if ``if_match`` is given).
+            PreconditionFailed: ``if_match`` does not match (412).
+        """
+        coll = await self._writable(collection)
+        query: dict[str, Any] = {"_id": id}
+        if isinstance(if_match, int):
+            query["_version"] = _version_is(if_match)
+        if await coll.delete_one(query):
+            return
+        if if_match is None:
+            raise _not_found(collection, id)
+        if isinstance(if_match, int) and await coll.find_one({"_id": id}) is not None:
+            raise _mismatch(collection, id, if_match)
+        raise _absent(collection, id)
+
+
+def _versioned(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """``doc`` with ``_id`` first, then ``_version``, then its other fields."""
+    out: dict[str, Any] = {}
+    if "_id" in doc:
+        out["_id"] = doc["_id"]
+    out["_version"] = version
+    out.update((k, v) for k, v in doc.items() if k not in ("_id", "_version"))
+    return out
+
+
+def _not_found(collection: str, id: Any) -> RealtimeError:
+    return NotFound(f"no document {key_to_json(id)!r} in {collection!r}")
+
+
+def _absent(collection: str, id: Any) -> RealtimeError:
+    return PreconditionFailed(
+        f"If-Match given but there is no document {key_to_json(id)!r} in {collection!r}")
+
+
+def _mismatch(collection: str, id: Any, version: int) -> RealtimeError:
+    return PreconditionFailed(
+        f"document {key_to_json(id)!r} in {collection!r} is no longer at version {version}")
+
+
+def _busy(collection: str, id: Any) -> RealtimeError:
+    return Conflict(
+        f"document {key_to_json(id)!r} in {collection!r} changed concurrently; retry")
