@@ -275,36 +275,24 @@ class Feed:
         async with self._catchup_slots:
             self.catchups += 1
             while not conn.closed:
+                stream: ChangeStream | None = None
                 try:
                     if await self._history_gone(since):
                         raise HistoryLost("the oplog no longer holds the resume point")
                     stream = await self._db.watch(collection_pipeline(sub.collection),
                                                   resume_after={"_data": since},
                                                   max_await_time_ms=100)
-                except HistoryLost:
-                    self._catch_up_lost(sub)
-                    return
-                except RealtimeError as exc:
-                    if not is_transient(exc):
-                        self._catch_up_lost(sub)
-                        return
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                try:
                     since, done = await self._replay(sub, stream)
-                except HistoryLost:
-                    self._catch_up_lost(sub)
-                    return
+                    if done:
+                        return
                 except RealtimeError as exc:
-                    if not is_transient(exc):
+                    if isinstance(exc, HistoryLost) or not is_transient(exc):
                         self._catch_up_lost(sub)
                         return
                     await asyncio.sleep(backoff.next_delay())
-                    continue
                 finally:
-                    await stream.close()
-                if done:
-                    return
+                    if stream is not None:
+                        await stream.close()
 
     async def _replay(self, sub: Subscription, stream: ChangeStream) -> tuple[str, bool]:
         """Replay from ``stream``; return (the last token seen, handed over)."""
