@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
+import pytest
 
 from realtime.embedded import EmbeddedServer
 from tests.helpers import WSClient, server_process, ws_client
@@ -129,5 +130,6 @@ async def run_fanout(mongo: EmbeddedServer, clients: int, writes: int, seed: int
                 (coll, FILTERS[f][0])
 
 
+@pytest.mark.timeout(600)
 async def test_fanout_200_clients_2000_writes(mongo: EmbeddedServer) -> None:
     await run_fanout(mongo, clients=200, writes=2000, seed=7)
