@@ -114,9 +114,23 @@ def _check_value(value: Any, path: str, depth: int) -> None:
             if "\x00" in key:
                 raise InvalidDocument(f"field name {key!r} must not contain NUL")
             _check_value(item, f"{path}.{key}" if path else key, depth + 1)
+            if _too_big(item):
+                value[key] = float(item)  # type: ignore[index]
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_value(item, f"{path}.{index}", depth + 1)
+            if _too_big(item):
+                value[index] = float(item)
+
+
+def _too_big(value: Any) -> bool:
+    """An integer BSON cannot store (int64): stored as a double, as MongoDB's tools do.
+
+    (orjson already decodes integers beyond 64 bits as doubles; this covers
+    2**63 .. 2**64 - 1, which it decodes as int and the driver cannot encode.)
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and \
+        not -(2**63) <= value < 2**63
 
 
 def check_document(value: Any) -> dict[str, Any]:

@@ -20,6 +20,13 @@ within one type, so the types that sort after a value are added with
 are not supported for exact paging (MongoDB sorts an array by its smallest or
 largest element).
 
+Tenants (docs/security.md): every method takes an optional
+:class:`realtime.auth.Tenant`. With one, reads and lists see only the tenant's
+documents (its clause is ANDed into the query), writes stamp the tenant field
+on the document and refuse a body that names another tenant (403), and
+replace/patch/delete only ever match the tenant's documents: another tenant's
+document is "not found" (a PUT on its id is a 409, since the id is taken).
+
 This module does not import the driver; it works through :mod:`realtime.db`.
 """
 
@@ -40,6 +47,7 @@ from bson import Binary, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.code import Code
 from bson.errors import BSONError
 
+from realtime.auth import Forbidden, Tenant
 from realtime.codec import check_document, key_to_json
 from realtime.config import Settings
 from realtime.db import Collection, Database
@@ -547,13 +555,14 @@ class Store:
 
     # -- reads
 
-    async def get(self, collection: str, id: Any) -> dict[str, Any]:
-        """The document with ``_id`` ``id``.
+    async def get(self, collection: str, id: Any, *, tenant: Tenant | None = None
+                  ) -> dict[str, Any]:
+        """The document with ``_id`` ``id`` (of ``tenant``, if given).
 
         Raises:
             NotFound: no such document.
         """
-        doc = await self._coll(collection).find_one({"_id": id})
+        doc = await self._coll(collection).find_one(_owned({"_id": id}, tenant))
         if doc is None:
             raise _not_found(collection, id)
         return doc
@@ -567,8 +576,9 @@ class Store:
         limit: int = 100,
         after: str | None = None,
         skip: int = 0,
+        tenant: Tenant | None = None,
     ) -> Page:
-        """A page of documents matching ``filter`` (already in MongoDB form).
+        """A page of documents matching ``filter`` (already in MongoDB form), of ``tenant``.
 
         ``sort`` comes from :func:`parse_sort` (default: ``_id`` ascending),
         ``after`` is the previous page's ``next``. The page fetches ``limit + 1``
@@ -584,6 +594,8 @@ class Store:
             raise BadRequest("skip must not be negative")
         sort = sort or parse_sort(None)
         query: dict[str, Any] = dict(filter or {})
+        if tenant is not None:
+            query = tenant.restrict(query)
         if after is not None:
             keyset = keyset_condition(sort, decode_cursor(after, sort))
             query = {"$and": [query, keyset]} if query else keyset
@@ -599,7 +611,8 @@ class Store:
 
     # -- writes
 
-    async def insert(self, collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    async def insert(self, collection: str, doc: Mapping[str, Any], *,
+                     tenant: Tenant | None = None) -> dict[str, Any]:
         """Insert ``doc`` (checked by ``codec.check_document``) with ``_version`` 1.
 
         Without ``_id`` the driver generates an ObjectId. Returns the stored document.
@@ -607,21 +620,24 @@ class Store:
         Raises:
             DuplicateKey: a document with this ``_id`` exists (409).
             InvalidDocument: an ``_id`` the API cannot address (422).
+            Forbidden: the document names another tenant (403).
         """
         coll = self._coll(collection)
-        stored = _versioned(doc, 1)
+        stored = _versioned(_stamped(doc, tenant), 1)
         if "_id" in stored:
             check_id(stored["_id"])
         await self._db.prepare_collection(collection)
         new_id = await coll.insert_one(stored)
         return {"_id": new_id, **{k: v for k, v in stored.items() if k != "_id"}}
 
-    async def insert_many(self, collection: str, items: Sequence[Any]) -> BulkResult:
+    async def insert_many(self, collection: str, items: Sequence[Any], *,
+                          tenant: Tenant | None = None) -> BulkResult:
         """Insert decoded JSON values in order, stopping at the first failure.
 
         Each item is checked with ``codec.check_document``; an invalid item
-        (422) or a duplicate ``_id`` (409) stops the insert, and later items are
-        reported with status 424 (not attempted).
+        (422), an item of another tenant (403) or a duplicate ``_id`` (409)
+        stops the insert, and later items are reported with status 424 (not
+        attempted).
 
         Raises:
             BadRequest: more than 1000 items.
@@ -634,10 +650,10 @@ class Store:
         failure: BulkItem | None = None
         for index, item in enumerate(items):
             try:
-                doc = _versioned(check_document(item), 1)
+                doc = _versioned(_stamped(check_document(item), tenant), 1)
                 if "_id" in doc:
                     check_id(doc["_id"])
-            except InvalidDocument as exc:
+            except (InvalidDocument, Forbidden) as exc:
                 failure = BulkItem(index, exc.status, detail=exc.detail)
                 break
             docs.append(doc)
@@ -660,7 +676,8 @@ class Store:
         return result
 
     async def replace(
-        self, collection: str, id: Any, doc: Mapping[str, Any], *, if_match: IfMatch = None
+        self, collection: str, id: Any, doc: Mapping[str, Any], *, if_match: IfMatch = None,
+        tenant: Tenant | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Replace (or, without ``If-Match``, create) the document ``id``.
 
@@ -670,6 +687,8 @@ class Store:
             InvalidDocument: the body's ``_id`` differs from ``id`` (422).
             PreconditionFailed: ``if_match`` given and the document is absent or
                 at another version (412).
+            DuplicateKey: ``id`` belongs to another tenant's document (409).
+            Forbidden: the body names another tenant (403).
             Conflict: it kept changing under us (409; retry).
         """
         check_id(id)
@@ -677,12 +696,17 @@ class Store:
             raise InvalidDocument(
                 f"the body's _id {key_to_json(doc['_id'])!r} differs from the path's "
                 f"{key_to_json(id)!r}")
+        doc = _stamped(doc, tenant)
         coll = await self._writable(collection)
         for _ in range(MAX_ATTEMPTS):
             if isinstance(if_match, int):
                 current: int | None = if_match
             else:
                 old = await coll.find_one({"_id": id})
+                if old is not None and tenant is not None and not tenant.owns(old):
+                    if if_match is not None:
+                        raise _absent(collection, id)
+                    raise _taken(collection, id)
                 current = None if old is None else version_of(old)
             if current is None:
                 if if_match is not None:
@@ -694,7 +718,7 @@ class Store:
                     continue  # created concurrently: replace it instead
                 return stored, True
             new = await coll.find_one_and_replace(
-                {"_id": id, "_version": _version_is(current)},
+                _owned({"_id": id, "_version": _version_is(current)}, tenant),
                 {"_id": id, **_versioned(doc, current + 1)},
             )
             if new is not None:
@@ -704,7 +728,8 @@ class Store:
         raise _busy(collection, id)
 
     async def patch(
-        self, collection: str, id: Any, patch: Mapping[str, Any], *, if_match: IfMatch = None
+        self, collection: str, id: Any, patch: Mapping[str, Any], *, if_match: IfMatch = None,
+        tenant: Tenant | None = None,
     ) -> dict[str, Any]:
         """Apply an RFC 7396 merge patch (checked by ``codec.check_document``).
 
@@ -716,16 +741,19 @@ class Store:
         Raises:
             NotFound: no such document (404; 412 if ``if_match`` is given).
             InvalidDocument: the patch tries to change ``_id`` (422).
+            Forbidden: the patch changes or removes the tenant field (403).
             PreconditionFailed: ``if_match`` does not match (412).
             Conflict: it kept changing under us (409; retry).
         """
         check_id(id)
         if "_id" in patch and not _same(patch["_id"], id):
             raise InvalidDocument("_id cannot be changed")
+        if tenant is not None and tenant.field in patch:
+            _stamped({tenant.field: patch[tenant.field]}, tenant)
         changes = {k: v for k, v in patch.items() if k not in ("_id", "_version")}
         coll = await self._writable(collection)
         for _ in range(MAX_ATTEMPTS):
-            old = await coll.find_one({"_id": id})
+            old = await coll.find_one(_owned({"_id": id}, tenant))
             if old is None:
                 if if_match is not None:
                     raise _absent(collection, id)
@@ -747,15 +775,16 @@ class Store:
             if to_unset:
                 update["$unset"] = to_unset
             new = await coll.find_one_and_update(
-                {"_id": id, "_version": _version_is(current)}, update)
+                _owned({"_id": id, "_version": _version_is(current)}, tenant), update)
             if new is not None:
                 return new
             if isinstance(if_match, int):
                 raise _mismatch(collection, id, if_match)
         raise _busy(collection, id)
 
-    async def delete(self, collection: str, id: Any, *, if_match: IfMatch = None) -> None:
-        """Delete the document ``id``.
+    async def delete(self, collection: str, id: Any, *, if_match: IfMatch = None,
+                     tenant: Tenant | None = None) -> None:
+        """Delete the document ``id`` (of ``tenant``, if given).
 
         Raises:
             NotFound: no such document (404; 412 if ``if_match`` is given).
@@ -765,13 +794,36 @@ class Store:
         query: dict[str, Any] = {"_id": id}
         if isinstance(if_match, int):
             query["_version"] = _version_is(if_match)
-        if await coll.delete_one(query):
+        if await coll.delete_one(_owned(query, tenant)):
             return
         if if_match is None:
             raise _not_found(collection, id)
-        if isinstance(if_match, int) and await coll.find_one({"_id": id}) is not None:
+        if (isinstance(if_match, int)
+                and await coll.find_one(_owned({"_id": id}, tenant)) is not None):
             raise _mismatch(collection, id, if_match)
         raise _absent(collection, id)
+
+
+def _owned(query: dict[str, Any], tenant: Tenant | None) -> dict[str, Any]:
+    """``query`` restricted to ``tenant``'s documents (no-op without a tenant)."""
+    if tenant is not None:
+        query[tenant.field] = tenant.value
+    return query
+
+
+def _stamped(doc: Mapping[str, Any], tenant: Tenant | None) -> Mapping[str, Any]:
+    """``doc`` with the tenant field set to ``tenant``.
+
+    Raises:
+        Forbidden: ``doc`` names another tenant (or a non-string one).
+    """
+    if tenant is None:
+        return doc
+    value = doc.get(tenant.field, tenant.value)
+    if value != tenant.value or not isinstance(value, str):
+        raise Forbidden(f"{tenant.field!r} must be your tenant (or left out): documents of "
+                        "another tenant cannot be written")
+    return {**doc, tenant.field: tenant.value}
 
 
 def _versioned(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
@@ -796,6 +848,11 @@ def _absent(collection: str, id: Any) -> RealtimeError:
 def _mismatch(collection: str, id: Any, version: int) -> RealtimeError:
     return PreconditionFailed(
         f"document {key_to_json(id)!r} in {collection!r} is no longer at version {version}")
+
+
+def _taken(collection: str, id: Any) -> RealtimeError:
+    return DuplicateKey(f"a document with _id {key_to_json(id)!r} already exists "
+                        f"in {collection!r}")
 
 
 def _busy(collection: str, id: Any) -> RealtimeError:

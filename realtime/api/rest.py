@@ -5,6 +5,11 @@ Request bodies are read here, not by pydantic: the size limit is enforced on
 be JSON (415), the body is decoded by :func:`realtime.codec.loads` (400) and
 checked by :func:`realtime.codec.check_document` (422). Responses are encoded by
 :func:`realtime.codec.dumps`; every error is ``application/problem+json``.
+
+Every route needs credentials (401) and the collection's scope (403): reads
+``read:<collection>``, writes ``write:<collection>`` (docs/security.md), and
+is charged to the credential's rate limit (429). A principal with a tenant
+works only on its tenant's documents (:mod:`realtime.store`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from realtime import query
-from realtime.api.deps import SettingsDep, StoreDep
+from realtime.api.deps import (
+    CollectionPath,
+    PrincipalDep,
+    ReaderDep,
+    SettingsDep,
+    StoreDep,
+    WriterDep,
+)
 from realtime.codec import check_document, dumps, key_to_json, loads, parse_id
 from realtime.config import Settings
 from realtime.errors import (
@@ -30,6 +42,7 @@ from realtime.errors import (
 )
 from realtime.store import (
     MAX_BULK,
+    MAX_ID_LENGTH,
     MAX_LIMIT,
     BulkResult,
     IfMatch,
@@ -38,9 +51,35 @@ from realtime.store import (
     version_of,
 )
 
-__all__ = ["parse_if_match", "read_json", "router"]
+__all__ = ["SCHEMAS", "parse_if_match", "read_json", "router"]
 
-router = APIRouter(prefix="/api", tags=["documents"])
+
+async def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare (a typo like ``fitler=``
+    would otherwise silently list everything).
+
+    Raises:
+        BadRequest: an unknown query parameter (400).
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:  # pragma: no cover - always an APIRoute here
+        return
+    known = {param.alias for param in _query_params(dependant)}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        listed = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise BadRequest(f"unknown query parameter{'s' if len(unknown) > 1 else ''} {listed}")
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    params = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        params += _query_params(sub)
+    return params
+
+
+router = APIRouter(prefix="/api", tags=["documents"], dependencies=[Depends(_known_query)])
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -61,10 +100,48 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
     },
     "required": ["type", "title", "status", "detail"],
 }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+#: Schemas of request bodies, added to the OpenAPI components by ``create_app``: what
+#: :func:`realtime.codec.check_document` accepts, so generated requests are truthful.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "FieldName": {"type": "string", "minLength": 1, "pattern": "^[^$.\\u0000][^.\\u0000]*$",
+                  "description": "A field name: not empty, no `.` or NUL, not starting "
+                                 "with `$`."},
+    "JsonValue": {"anyOf": [
+        {"type": "null"}, {"type": "boolean"}, {"type": "string"},
+        {"type": "number", "description": "Integers beyond 64 bits are stored as doubles."},
+        {"type": "array", "items": _ref("JsonValue")}, _ref("JsonObject"),
+    ]},
+    "JsonObject": {"type": "object", "propertyNames": _ref("FieldName"),
+                   "additionalProperties": _ref("JsonValue")},
+    "DocumentId": {"type": "string", "minLength": 1, "maxLength": 1024,
+                   "pattern": "^[^\\u0000]*$",
+                   "description": "24 hex digits are an ObjectId, anything else a string."},
+    "NewDocument": {
+        "type": "object", "propertyNames": _ref("FieldName"),
+        "properties": {"_id": _ref("DocumentId")}, "additionalProperties": _ref("JsonValue"),
+        "description": "A document to store: `_id` optional (an ObjectId is generated); "
+                       "`_version` is server-managed and ignored; with a tenant, the tenant "
+                       "field may only name the caller's tenant.",
+    },
+    "DocumentBody": {
+        "type": "object", "propertyNames": _ref("FieldName"),
+        "properties": {"_id": False}, "additionalProperties": _ref("JsonValue"),
+        "description": "The document's new content (PUT) or a JSON merge patch (PATCH); "
+                       "`_id`, if sent, must equal the path's id.",
+    },
+}
 _DOCUMENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A JSON document; `_id` (string, 24-hex = ObjectId) and the "
                    "server-managed `_version` (int) are always present in responses.",
+    "required": ["_id", "_version"],
+    "properties": {"_version": {"type": "integer"}},
     "additionalProperties": True,
 }
 _WHY: dict[int, str] = {
@@ -76,20 +153,29 @@ _WHY: dict[int, str] = {
     415: "The body is not JSON.",
     422: "Not a storable document (not an object; a field name starting with `$`, "
          "containing `.` or NUL; a bad `_id`).",
+    401: "No credentials, or credentials that are not valid (`WWW-Authenticate: Bearer`).",
+    403: "The credentials lack the collection's scope, or the document names another "
+         "tenant.",
+    429: "Over the credential's request rate; retry after `Retry-After` seconds.",
     503: "The database is unreachable; retry after `Retry-After` seconds.",
 }
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
+                                "description": "Seconds to wait."}}
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Problem responses: ``codes`` plus 400 (bad parameters), 401, 403, 429 and 503."""
     out: dict[int | str, dict[str, Any]] = {}
-    for code in (*codes, 503):
+    for code in sorted({*codes, 400, 401, 403, 429, 503}):
         entry: dict[str, Any] = {
             "description": _WHY[code],
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
         }
-        if code == 503:
-            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                                "description": "Seconds to wait."}}
+        if code in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        elif code == 401:
+            entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                     "description": "`Bearer`."}}
         out[code] = entry
     return out
 
@@ -233,9 +319,13 @@ def _bulk_json(result: BulkResult) -> dict[str, Any]:
 
 _DOCS = "/collections/{collection}/documents"
 _ONE = "/collections/{collection}/documents/{id:path}"
+IdPath = Annotated[str, Path(
+    min_length=1, max_length=MAX_ID_LENGTH,
+    description="A document id: 24 hex digits are an ObjectId, anything else a string.")]
 IfMatchHeader = Annotated[
     str | None,
-    Header(alias="If-Match", description='`"<version>"` from an ETag, or `*` (must exist).'),
+    Header(alias="If-Match", pattern=r'^\s*(\*|(W/)?("[0-9]{1,18}"|[0-9]{1,18}))\s*$',
+           description='`"<version>"` from an ETag, or `*` (must exist).'),
 ]
 
 _LIST_SCHEMA: dict[str, Any] = {
@@ -270,9 +360,13 @@ _BULK_SCHEMA: dict[str, Any] = {
         "properties": {"collections": {"type": "array", "items": {"type": "string"}}},
     }), **_problems()},
 )
-async def list_collections(store: StoreDep) -> Response:
-    """``{"collections": [...]}``: the allow-list if configured, else the database's."""
-    return Response(dumps({"collections": await store.collections()}), media_type=JSON)
+async def list_collections(store: StoreDep, principal: PrincipalDep) -> Response:
+    """``{"collections": [...]}``: the allow-list if configured, else the database's.
+
+    Only the collections the credentials may read or write are listed.
+    """
+    names = [name for name in await store.collections() if principal.can_any(name)]
+    return Response(dumps({"collections": names}), media_type=JSON)
 
 
 @router.post(
@@ -281,14 +375,14 @@ async def list_collections(store: StoreDep) -> Response:
     status_code=201,
     responses={**_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
                **_problems(400, 404, 409, 413, 415, 422)},
-    openapi_extra=_body(_DOCUMENT_SCHEMA, JSON),
+    openapi_extra=_body(_ref("NewDocument"), JSON),
 )
-async def insert_document(collection: str, request: Request, store: StoreDep,
-                          settings: SettingsDep) -> Response:
+async def insert_document(collection: CollectionPath, request: Request, store: StoreDep,
+                          settings: SettingsDep, principal: WriterDep) -> Response:
     """Insert the body (``_id`` optional: an ObjectId is generated) at ``_version`` 1."""
     store.check_collection(collection)
     doc = _document(await read_json(request, settings))
-    stored = await store.insert(collection, doc)
+    stored = await store.insert(collection, doc, tenant=principal.tenant)
     return _doc_response(stored, 201, location=_location(collection, stored["_id"]))
 
 
@@ -301,11 +395,13 @@ async def insert_document(collection: str, request: Request, store: StoreDep,
                    "inserted, items after it have status 424 (not attempted).", _BULK_SCHEMA),
         **_problems(400, 404, 413, 415, 422),
     },
-    openapi_extra=_body({"type": "array", "maxItems": MAX_BULK, "items": _DOCUMENT_SCHEMA},
-                        JSON),
+    openapi_extra=_body({"type": "array", "maxItems": MAX_BULK,
+                         "description": "Documents; an item that is not a storable document "
+                                        "fails on its own (status 422 in `items`).",
+                         "items": {}}, JSON),
 )
-async def insert_documents(collection: str, request: Request, store: StoreDep,
-                           settings: SettingsDep) -> Response:
+async def insert_documents(collection: CollectionPath, request: Request, store: StoreDep,
+                           settings: SettingsDep, principal: WriterDep) -> Response:
     """Insert a JSON array of at most 1000 documents in order, stopping at the first failure."""
     store.check_collection(collection)
     items = await read_json(request, settings)
@@ -313,7 +409,7 @@ async def insert_documents(collection: str, request: Request, store: StoreDep,
         raise InvalidDocument("a bulk body must be a JSON array of documents")
     if len(items) > MAX_BULK:
         raise PayloadTooLarge(f"at most {MAX_BULK} documents per bulk request")
-    result = await store.insert_many(collection, items)
+    result = await store.insert_many(collection, items, tenant=principal.tenant)
     return Response(dumps(_bulk_json(result)), status_code=200 if result.ok else 207,
                     media_type=JSON)
 
@@ -324,8 +420,9 @@ async def insert_documents(collection: str, request: Request, store: StoreDep,
     responses={**_ok(200, "A page of documents.", _LIST_SCHEMA), **_problems(400, 404)},
 )
 async def list_documents(
-    collection: str,
+    collection: CollectionPath,
     store: StoreDep,
+    principal: ReaderDep,
     filter_: Annotated[str | None, Query(
         alias="filter", max_length=65_536,
         description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')] = None,
@@ -348,7 +445,7 @@ async def list_documents(
         except query.FilterError as exc:
             raise BadRequest(f"bad filter: {exc}") from None
     page = await store.list(collection, filter=mongo_filter, sort=parse_sort(sort),
-                            limit=limit, after=after, skip=skip)
+                            limit=limit, after=after, skip=skip, tenant=principal.tenant)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -376,10 +473,11 @@ async def list_documents(
     responses={**_ok(200, "The document.", _DOCUMENT_SCHEMA, etag=True),
                **_problems(400, 404)},
 )
-async def get_document(collection: str, id: str, store: StoreDep) -> Response:
+async def get_document(collection: CollectionPath, id: IdPath, store: StoreDep,
+                       principal: ReaderDep) -> Response:
     """The document with this id (24-hex = ObjectId), with its ``ETag``."""
     store.check_collection(collection)
-    return _doc_response(await store.get(collection, _path_id(id)))
+    return _doc_response(await store.get(collection, _path_id(id), tenant=principal.tenant))
 
 
 @router.put(
@@ -388,16 +486,18 @@ async def get_document(collection: str, id: str, store: StoreDep) -> Response:
     responses={**_ok(200, "Replaced.", _DOCUMENT_SCHEMA, etag=True),
                **_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
                **_problems(400, 404, 409, 412, 413, 415, 422)},
-    openapi_extra=_body(_DOCUMENT_SCHEMA, JSON),
+    openapi_extra=_body(_ref("DocumentBody"), JSON),
 )
-async def replace_document(collection: str, id: str, request: Request, store: StoreDep,
-                           settings: SettingsDep, if_match: IfMatchHeader = None) -> Response:
+async def replace_document(collection: CollectionPath, id: IdPath, request: Request,
+                           store: StoreDep, settings: SettingsDep, principal: WriterDep,
+                           if_match: IfMatchHeader = None) -> Response:
     """Replace the document (``_version`` + 1) or create it; ``If-Match`` makes it conditional."""
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
     doc = _document(await read_json(request, settings))
-    stored, created = await store.replace(collection, key, doc, if_match=precondition)
+    stored, created = await store.replace(collection, key, doc, if_match=precondition,
+                                          tenant=principal.tenant)
     if created:
         return _doc_response(stored, 201, location=_location(collection, key))
     return _doc_response(stored)
@@ -408,10 +508,11 @@ async def replace_document(collection: str, id: str, request: Request, store: St
     summary="Update a document with a JSON merge patch (RFC 7396)",
     responses={**_ok(200, "Updated.", _DOCUMENT_SCHEMA, etag=True),
                **_problems(400, 404, 409, 412, 413, 415, 422)},
-    openapi_extra=_body(_DOCUMENT_SCHEMA, MERGE_PATCH, JSON),
+    openapi_extra=_body(_ref("DocumentBody"), MERGE_PATCH, JSON),
 )
-async def patch_document(collection: str, id: str, request: Request, store: StoreDep,
-                         settings: SettingsDep, if_match: IfMatchHeader = None) -> Response:
+async def patch_document(collection: CollectionPath, id: IdPath, request: Request, store: StoreDep,
+                         settings: SettingsDep, principal: WriterDep,
+                         if_match: IfMatchHeader = None) -> Response:
     """Merge the patch into the document: objects merge, ``null`` removes, the rest replaces."""
     store.check_collection(collection)
     key = _path_id(id)
@@ -420,7 +521,8 @@ async def patch_document(collection: str, id: str, request: Request, store: Stor
     if not isinstance(body, dict):
         raise InvalidDocument("a merge patch for a document must be a JSON object")
     patch = check_document(body)
-    return _doc_response(await store.patch(collection, key, patch, if_match=precondition))
+    return _doc_response(await store.patch(collection, key, patch, if_match=precondition,
+                                           tenant=principal.tenant))
 
 
 @router.delete(
@@ -429,9 +531,10 @@ async def patch_document(collection: str, id: str, request: Request, store: Stor
     status_code=204,
     responses={204: {"description": "Deleted."}, **_problems(400, 404, 412)},
 )
-async def delete_document(collection: str, id: str, store: StoreDep,
-                          if_match: IfMatchHeader = None) -> Response:
+async def delete_document(collection: CollectionPath, id: IdPath, store: StoreDep,
+                          principal: WriterDep, if_match: IfMatchHeader = None) -> Response:
     """Delete the document; 404 if absent, 412 if ``If-Match`` does not match."""
     store.check_collection(collection)
-    await store.delete(collection, _path_id(id), if_match=parse_if_match(if_match))
+    await store.delete(collection, _path_id(id), if_match=parse_if_match(if_match),
+                       tenant=principal.tenant)
     return Response(status_code=204)

@@ -4,6 +4,18 @@ Ties the sans-I/O protocol to the hub: parses client messages, registers
 subscriptions (live, snapshot-then-live, or resume with ``since``) and answers
 pings. Outgoing messages all go through the connection's ordered outbox
 (:class:`realtime.hub.Connection`).
+
+Security comes first (docs/security.md): a browser ``Origin`` that is not
+allowed is closed with 1008; a client address over its connection limit with
+1013. With authentication on, the credentials come from the ``Authorization:
+Bearer`` header, a ``bearer.<token>`` subprotocol, or the first message
+``{"op":"auth","token":...}`` within ``auth_timeout_seconds`` (answered with
+``authenticated``); anything else closes with 4401, before ``welcome``. Each
+subscription needs the collection's read scope (else an ``error`` with code
+``forbidden``); a tenant is ANDed into its filter and checked on every event
+(:class:`TenantSubscription`). When the credentials expire the socket is
+closed with 4401; an ``auth`` message with a fresh token of the same tenant
+extends the connection.
 """
 
 from __future__ import annotations
@@ -11,26 +23,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 
 from realtime import __version__, protocol, query
 from realtime.api.deps import get_services
+from realtime.auth import (
+    ANONYMOUS,
+    Principal,
+    Tenant,
+    Unauthenticated,
+    bearer_token,
+    token_from_subprotocols,
+)
 from realtime.codec import dumps_str, key_to_json
 from realtime.errors import RealtimeError
+from realtime.events import Event
 from realtime.hub import Connection, Subscription
+from realtime.limits import origin_allowed
 from realtime.server import WRITABLE_EXTENSION
 
 if TYPE_CHECKING:
     from realtime.app import Services
 
-__all__ = ["router"]
+__all__ = ["TenantSubscription", "router"]
 
 log = logging.getLogger("realtime.ws")
 
 router = APIRouter()
+
+#: Longest close reason (RFC 6455 allows 123 bytes).
+_MAX_REASON = 120
+
+
+class TenantSubscription(Subscription):
+    """A subscription confined to one tenant.
+
+    Its filter is ``{"$and": [filter, {field: tenant}]}``, so the snapshot,
+    ring replay and catch-up all go through the tenant clause; and an event is
+    considered at all only if the tenant owns the document before or after the
+    change (pre-image or post-image, exact equality). A ``delete`` or a
+    ``leave`` whose pre-image is unknown is therefore not delivered: tenant
+    isolation fails closed (collections written through the REST API have
+    pre-images enabled).
+    """
+
+    __slots__ = ("tenant",)
+
+    def __init__(self, conn: Connection, sub: str, collection: str,
+                 filter: Mapping[str, Any], tenant: Tenant) -> None:
+        super().__init__(conn, sub, collection, tenant.restrict(filter))
+        self.tenant = tenant
+
+    def decide(self, ev: Event) -> str | None:
+        """Like :meth:`Subscription.decide`, for documents this tenant owns only."""
+        tenant = self.tenant
+        if not (tenant.owns(ev.before)
+                or (ev.op != "delete" and tenant.owns(ev.document))):
+            return None
+        return super().decide(ev)
+
+
+def _reason(text: str) -> str:
+    data = text.encode()[:_MAX_REASON]
+    return data.decode(errors="ignore")
 
 
 def _connection(websocket: WebSocket, services: Services,
@@ -52,9 +112,16 @@ def _connection(websocket: WebSocket, services: Services,
                       max_backlog=services.settings.send_backlog, name=name)
 
 
-async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscribe) -> None:
+async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscribe,
+                     principal: Principal) -> None:
     hub = services.hub
     settings = services.settings
+    if not principal.can("read", msg.collection):
+        services.limits.reject("forbidden")
+        conn.send(protocol.render_error(
+            protocol.ErrorCode.FORBIDDEN,
+            f"the credentials do not allow reading {msg.collection!r}", msg.sub))
+        return
     if msg.sub in conn.subscriptions:
         conn.send(protocol.render_error(protocol.ErrorCode.DUPLICATE_SUB,
                                         f"subscription {msg.sub!r} exists", msg.sub))
@@ -69,7 +136,9 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
                                         f"collection {msg.collection!r} is not exposed",
                                         msg.sub))
         return
-    sub = Subscription(conn, msg.sub, msg.collection, msg.filter)
+    tenant = principal.tenant
+    sub = (Subscription(conn, msg.sub, msg.collection, msg.filter) if tenant is None
+           else TenantSubscription(conn, msg.sub, msg.collection, msg.filter, tenant))
 
     if msg.since is not None:
         head = hub.head()
@@ -98,9 +167,11 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
     versions: dict[Any, int] = {}
     try:
         cursor = services.db.collection(msg.collection).find(
-            query.to_mongo(msg.filter), sort=[("_id", 1)], limit=msg.limit,
+            query.to_mongo(sub.filter), sort=[("_id", 1)], limit=msg.limit,
             batch_size=min(msg.limit, 1000))
         async for doc in cursor:
+            if tenant is not None and not tenant.owns(doc):
+                continue
             documents.append(dumps_str(doc))
             version = doc.get("_version")
             if isinstance(version, int):
@@ -117,16 +188,108 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
     sub.go_live()
 
 
+async def _refuse(websocket: WebSocket, code: int, reason: str,
+                  subprotocol: str | None = None) -> None:
+    """Accept only to close at once with ``code`` (so a browser sees the code)."""
+    with contextlib.suppress(Exception):
+        await websocket.accept(subprotocol=subprotocol)
+        await websocket.close(code, _reason(reason))
+
+
+async def _first_message_auth(websocket: WebSocket, services: Services) -> Principal | None:
+    """Wait for ``{"op":"auth","token":...}``; None if the socket was closed instead."""
+    limits = services.limits
+    try:
+        async with asyncio.timeout(services.settings.auth_timeout_seconds):
+            message = await websocket.receive()
+    except TimeoutError:
+        limits.reject("unauthenticated")
+        await websocket.close(protocol.CloseCode.UNAUTHENTICATED, "authentication timeout")
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    try:
+        parsed = protocol.parse_client_message(data)
+    except protocol.ProtocolError:
+        parsed = None
+    if not isinstance(parsed, protocol.Auth):
+        limits.reject("unauthenticated")
+        await websocket.close(protocol.CloseCode.UNAUTHENTICATED,
+                              'authenticate first: {"op":"auth","token":...}')
+        return None
+    try:
+        principal = services.auth.authenticate(parsed.token)
+    except Unauthenticated as exc:
+        limits.reject("unauthenticated")
+        await websocket.close(protocol.CloseCode.UNAUTHENTICATED, _reason(exc.detail))
+        return None
+    await websocket.send_text(protocol.render_authenticated())
+    return principal
+
+
 @router.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """Live subscriptions over WebSocket (protocol v1)."""
     services = get_services(websocket)
     settings = services.settings
+    limits = services.limits
+    offered: list[str] = list(websocket.scope.get("subprotocols") or ())
+    sub_token, subprotocol = token_from_subprotocols(offered)
+    headers = websocket.headers
+    if not origin_allowed(headers.get("origin"), headers.get("host"), settings):
+        limits.reject("origin")
+        await _refuse(websocket, protocol.CloseCode.POLICY, "origin not allowed", subprotocol)
+        return
+    client = websocket.client
+    with limits.connection(client.host if client else "?") as admitted:
+        if not admitted:
+            await _refuse(websocket, protocol.CloseCode.OVERLOADED,
+                          "too many connections from this address", subprotocol)
+            return
+        principal: Principal | None = ANONYMOUS
+        if services.auth.enabled:
+            try:
+                token = bearer_token(headers.get("authorization")) or sub_token
+                principal = None if token is None else services.auth.authenticate(token)
+            except Unauthenticated as exc:
+                limits.reject("unauthenticated")
+                await _refuse(websocket, protocol.CloseCode.UNAUTHENTICATED, exc.detail,
+                              subprotocol)
+                return
+        await websocket.accept(subprotocol=subprotocol)
+        if principal is None:
+            principal = await _first_message_auth(websocket, services)
+            if principal is None:
+                return
+        await _serve(websocket, services, principal)
+
+
+async def _serve(websocket: WebSocket, services: Services, principal: Principal) -> None:
+    """The authenticated connection: welcome, then client messages until it closes."""
+    settings = services.settings
     hub = services.hub
-    await websocket.accept()
     closers: set[asyncio.Task[None]] = set()
     conn = _connection(websocket, services, closers)
     hub.attach(conn)
+    expiry: asyncio.TimerHandle | None = None
+
+    def expire() -> None:
+        services.limits.reject("unauthenticated")
+        conn.close(protocol.CloseCode.UNAUTHENTICATED, "token expired")
+
+    def schedule_expiry(who: Principal) -> None:
+        nonlocal expiry
+        if expiry is not None:
+            expiry.cancel()
+            expiry = None
+        if who.expires is not None:
+            delay = max(0.0, who.expires - time.time())
+            expiry = asyncio.get_running_loop().call_later(delay, expire)
+
+    schedule_expiry(principal)
     conn.send(protocol.render_welcome(f"realtime/{__version__}", settings.heartbeat_seconds))
     try:
         while not conn.closed:
@@ -142,7 +305,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 conn.send(protocol.render_error(exc.code, exc.message, exc.sub))
                 continue
             if isinstance(parsed, protocol.Subscribe):
-                await _subscribe(services, conn, parsed)
+                await _subscribe(services, conn, parsed, principal)
             elif isinstance(parsed, protocol.Unsubscribe):
                 existing = conn.subscriptions.get(parsed.sub)
                 if existing is None:
@@ -153,15 +316,51 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                     hub.remove(existing)
             elif isinstance(parsed, protocol.Ping):
                 conn.send(protocol.render_pong(parsed.ref))
-            else:  # Auth: authentication is not configured
-                conn.send(protocol.render_authenticated())
+            else:
+                renewed = _reauthenticate(services, conn, principal, parsed)
+                if renewed is None:
+                    break
+                principal = renewed
+                schedule_expiry(principal)
     except Exception:
         log.exception("WebSocket %s failed", conn.name)
         conn.close(protocol.CloseCode.INTERNAL, "internal error")
     finally:
+        if expiry is not None:
+            expiry.cancel()
         await hub.detach(conn)
         for task in list(closers):
             with contextlib.suppress(Exception):
                 await task
 
 
+def _reauthenticate(services: Services, conn: Connection, principal: Principal,
+                    msg: protocol.Auth) -> Principal | None:
+    """An ``auth`` message on an open connection: fresh credentials, same tenant.
+
+    Returns the new principal, or None after closing the connection (4401 for
+    bad credentials, 4403 for another tenant). Subscriptions the new scopes no
+    longer allow end with an ``error`` (``forbidden``).
+    """
+    if not services.auth.enabled:
+        conn.send(protocol.render_authenticated())
+        return principal
+    try:
+        renewed = services.auth.authenticate(msg.token)
+    except Unauthenticated as exc:
+        services.limits.reject("unauthenticated")
+        conn.close(protocol.CloseCode.UNAUTHENTICATED, _reason(exc.detail))
+        return None
+    if renewed.tenant != principal.tenant:
+        services.limits.reject("forbidden")
+        conn.close(protocol.CloseCode.FORBIDDEN, "the new credentials are for another tenant")
+        return None
+    for subscription in list(conn.subscriptions.values()):
+        if not renewed.can("read", subscription.collection):
+            services.hub.remove(subscription)
+            conn.send(protocol.render_error(
+                protocol.ErrorCode.FORBIDDEN,
+                f"the new credentials do not allow reading {subscription.collection!r}",
+                subscription.sub))
+    conn.send(protocol.render_authenticated())
+    return renewed

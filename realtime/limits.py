@@ -1,0 +1,367 @@
+"""What a client may open and send: rates, connections, origins, hosts, response headers.
+
+- :class:`RateLimiter`: a token bucket per credential for REST requests
+  (``REALTIME_RATE_LIMIT_PER_SECOND`` sustained, ``REALTIME_RATE_LIMIT_BURST``
+  at once); over it, 429 with ``Retry-After``.
+- :class:`Limits`: the per-app state: the rate limiter, WebSocket connections
+  per client address (``REALTIME_MAX_CONNECTIONS_PER_CLIENT``; over it, close
+  1013), and the counters of everything refused (``/metrics``:
+  ``realtime_security_rejections_total{reason}``).
+- :func:`origin_allowed`: the WebSocket ``Origin`` allow-list (cross-site
+  WebSocket hijacking; refused with close 1008). The server's own origin is
+  always allowed, plus ``REALTIME_ALLOWED_ORIGINS``; clients that send no
+  ``Origin`` (not browsers) are not affected.
+- :class:`SecurityHeadersMiddleware`: the headers every HTTP response carries
+  (a strict CSP for the dashboard, ``nosniff``, no framing) and, in mode
+  ``none``, the DNS-rebinding guard: a browser request must name a loopback
+  host.
+
+Body size (413), frame size (1009), subscriptions per connection and filter
+depth/size are enforced where they are parsed (:mod:`realtime.api.rest`,
+the uvicorn protocol, :mod:`realtime.api.ws`, :mod:`realtime.query`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from realtime.auth import is_loopback
+from realtime.config import Settings
+from realtime.errors import RealtimeError, problem_response
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "DASHBOARD_CSP",
+    "Limits",
+    "RateLimiter",
+    "SecurityCollector",
+    "SecurityHeadersMiddleware",
+    "TokenBucket",
+    "TooManyRequests",
+    "origin_allowed",
+]
+
+#: The dashboard's Content-Security-Policy: only this origin, no inline script or style.
+DASHBOARD_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+#: The REST API's JSON (``/api/``): nothing may load from it, nothing may frame it.
+API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+#: Most rate-limit buckets kept; the least recently used go first (a full bucket).
+MAX_BUCKETS: Final = 100_000
+
+_COMMON_HEADERS: Final = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+
+
+class TooManyRequests(RealtimeError):
+    """Over the request rate of the credential (429 with ``Retry-After``)."""
+
+    status = 429
+    slug = "rate-limited"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+# --------------------------------------------------------------------- buckets
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; a request takes one."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 if there was one, else the seconds until there is."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per key, at most ``max_keys`` of them (LRU)."""
+
+    def __init__(self, rate: float, burst: int, *, max_keys: int = MAX_BUCKETS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """False when the rate is 0 (no limit)."""
+        return self.rate > 0
+
+    def check(self, key: str) -> float:
+        """Charge ``key`` one request: 0.0 if allowed, else seconds to wait."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)
+
+
+# ---------------------------------------------------------------------- limits
+
+
+class Limits:
+    """The per-app limits state (created by :func:`realtime.app.create_app`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        #: Per-client limits apply only with authentication on: mode ``none`` is
+        #: the loopback development mode (and the benchmarks').
+        self.per_client = settings.auth != "none"
+        self.rate = RateLimiter(settings.rate_limit_per_second if self.per_client else 0.0,
+                                settings.rate_limit_burst)
+        self._connections: Counter[str] = Counter()
+        #: Requests and connections refused, by reason.
+        self.rejections: Counter[str] = Counter()
+
+    def reject(self, reason: str) -> None:
+        """Count one refusal (``unauthenticated``, ``forbidden``, ``origin``, ...)."""
+        self.rejections[reason] += 1
+
+    def charge(self, key: str) -> None:
+        """Charge one REST request to ``key``.
+
+        Raises:
+            TooManyRequests: over the rate (the caller answers 429).
+        """
+        wait = self.rate.check(key)
+        if wait > 0:
+            self.reject("rate_limited")
+            raise TooManyRequests(
+                f"over {self.rate.rate:g} requests per second; retry later",
+                retry_after=wait)
+
+    @contextmanager
+    def connection(self, address: str) -> Iterator[bool]:
+        """Hold one connection slot of ``address``; yields False if over the limit."""
+        limit = self._settings.max_connections_per_client
+        if not self.per_client or limit == 0:
+            yield True
+            return
+        if self._connections[address] >= limit:
+            self.reject("connections")
+            yield False
+            return
+        self._connections[address] += 1
+        try:
+            yield True
+        finally:
+            self._connections[address] -= 1
+            if self._connections[address] <= 0:
+                del self._connections[address]
+
+    def connections_of(self, address: str) -> int:
+        """Open (counted) connections of ``address``."""
+        return self._connections.get(address, 0)
+
+
+class SecurityCollector(Collector):
+    """``realtime_security_rejections_total{reason}`` from :attr:`Limits.rejections`."""
+
+    REASONS: Final = ("unauthenticated", "forbidden", "rate_limited", "connections",
+                      "origin", "host")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the family (called on each scrape)."""
+        family = CounterMetricFamily(
+            "realtime_security_rejections",
+            "Requests and WebSocket connections refused: unauthenticated (401/4401), "
+            "forbidden (403/4403/error), rate_limited (429), connections (1013), "
+            "origin (1008), host (403, DNS rebinding guard).",
+            labels=["reason"])
+        counts = self._limits.rejections
+        for reason in sorted({*self.REASONS, *counts}):
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
+
+
+# --------------------------------------------------------------------- origins
+
+
+def _authority(scheme: str, host: str, port: int | None) -> str:
+    default = 443 if scheme in ("https", "wss") else 80
+    return host if port is None or port == default else f"{host}:{port}"
+
+
+def _split_host(value: str, scheme: str) -> str | None:
+    """``host[:port]`` of a Host header, normalized (default port dropped)."""
+    try:
+        parts = urlsplit(f"//{value.strip().lower()}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return _authority(scheme, hostname, port)
+
+
+def _normalize_origin(origin: str) -> tuple[str, str, str] | None:
+    """``(scheme, authority, hostname)`` of an Origin value, or None if malformed."""
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return parts.scheme, _authority(parts.scheme, hostname, port), parts.hostname
+
+
+def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> bool:
+    """True if a WebSocket (or browser request) from ``origin`` may proceed.
+
+    No ``Origin`` (not a browser): allowed. A listed origin
+    (``REALTIME_ALLOWED_ORIGINS``, ``*`` for any): allowed. The server's own
+    origin (the ``Origin`` names the ``Host`` the request was sent to):
+    allowed, except in mode ``none`` (without ``insecure``) where the host must
+    also be a loopback name, so a DNS-rebinding page cannot pass as "own".
+    Anything else, including ``null``: refused.
+    """
+    if origin is None:
+        return True
+    allowed = settings.allowed_origins or []
+    if "*" in allowed:
+        return True
+    parsed = _normalize_origin(origin)
+    if parsed is None:
+        return False
+    scheme, authority, hostname = parsed
+    for entry in allowed:
+        listed = _normalize_origin(entry)
+        if listed is not None and listed[:2] == (scheme, authority):
+            return True
+    if host is None:
+        return False
+    if _split_host(host, scheme) != authority:
+        return False
+    return settings.auth != "none" or settings.insecure or is_loopback(hostname)
+
+
+def _browser_host_ok(scope: Scope, settings: Settings) -> bool:
+    """The DNS-rebinding guard of mode ``none``: browsers must use a loopback host."""
+    host = fetch_site = origin = None
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"sec-fetch-site":
+            fetch_site = value
+        elif name == b"origin":
+            origin = value.decode("latin-1")
+    if fetch_site is None and origin is None:
+        return True  # not a browser
+    if host is None:
+        return False
+    hostname = urlsplit(f"//{host.strip().lower()}").hostname or ""
+    if is_loopback(hostname):
+        return True
+    # A host named by an allowed origin (e.g. a local alias) is fine too.
+    for entry in settings.allowed_origins or ():
+        listed = _normalize_origin(entry)
+        if listed is not None and listed[2] == hostname:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------- headers
+
+
+class SecurityHeadersMiddleware:
+    """Adds security headers to every HTTP response; guards loopback-only servers.
+
+    The dashboard (``/`` and ``/static/``) gets :data:`DASHBOARD_CSP`, the REST
+    API (``/api/``) :data:`API_CSP`; probes and the interactive docs (which bring
+    their own scripts) none. In mode
+    ``none`` (without ``insecure``) a browser request (one with ``Origin`` or
+    ``Sec-Fetch-Site``) whose ``Host`` is not a loopback name is refused with
+    403, so a DNS-rebinding page cannot read a development server.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, limits: Limits) -> None:
+        self.app = app
+        self._guard = settings.auth == "none" and not settings.insecure
+        self._settings = settings
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request with the headers added (or refuse it)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._guard and not _browser_host_ok(scope, self._settings):
+            self._limits.reject("host")
+            response = problem_response(
+                403, "this server only answers browsers on a loopback address "
+                     "(use http://127.0.0.1:<port>/)", slug="forbidden-host")
+            await response(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        csp: bytes | None = None
+        if path == "/" or path.startswith("/static/"):
+            csp = DASHBOARD_CSP.encode()
+        elif path.startswith("/api/"):
+            csp = API_CSP.encode()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in _COMMON_HEADERS if h[0] not in present)
+                if csp is not None and b"content-security-policy" not in present:
+                    headers.append((b"content-security-policy", csp))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def retry_after_header(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
