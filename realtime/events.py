@@ -44,6 +44,9 @@ class Event:
     received: float = field(default_factory=time.monotonic)
     seq: int = 0
     _leave: str | None = None
+    #: Encoded frames by subscription prefix: for ``op``, and for ``leave``.
+    _frames: dict[str, bytes] | None = None
+    _leave_frames: dict[str, bytes] | None = None
 
     @property
     def version(self) -> int | None:
@@ -52,6 +55,34 @@ class Event:
             return None
         value = self.document.get("_version")
         return value if isinstance(value, int) else None
+
+    def frame(self, prefix: str, op: str) -> bytes:
+        """The WebSocket frame of this change as ``op`` for subscriptions with ``prefix``.
+
+        While the hub fans the event out (:meth:`caching`), frames are encoded
+        once and shared: every subscription with the same id (clients number
+        theirs ``s1``, ``s2``...) gets the same bytes. Otherwise (a replay to
+        one subscription) the frame is encoded and not kept.
+
+        Raises:
+            ValueError: if ``op`` is not a change op.
+        """
+        cache = self._leave_frames if op == "leave" else self._frames
+        frame = None if cache is None else cache.get(prefix)
+        if frame is None:
+            text = protocol.render_change(prefix, op, self.leave if op == "leave" else self.body)
+            frame = protocol.text_frame(text.encode())
+            if cache is not None:
+                cache[prefix] = frame
+        return frame
+
+    def caching(self, on: bool) -> None:
+        """Keep encoded frames (during a fan-out) or drop them (after it)."""
+        if on:
+            self._frames = {}
+            self._leave_frames = {}
+        else:
+            self._frames = self._leave_frames = None
 
     @property
     def leave(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -56,6 +57,7 @@ __all__ = [
     "render_snapshot",
     "render_subscribed",
     "render_welcome",
+    "text_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -530,3 +532,18 @@ def render_change(prefix: str, op: str, body: str) -> str:
     if op not in CHANGE_OPS:
         raise ValueError(f"op must be one of {sorted(CHANGE_OPS)}, not {op!r}")
     return prefix + op + '",' + body
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked WebSocket text frame (server to client) carrying ``payload``.
+
+    RFC 6455 §5.2: FIN + opcode 1, then the length in 7, 7+16 or 7+64 bits.
+    ``payload`` must be UTF-8 (e.g. ``str.encode()``); valid only on a
+    connection that negotiated no extension.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload

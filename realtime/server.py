@@ -4,15 +4,24 @@
 protocol to (1) expose the connection's writability through the ASGI scope
 extension ``realtime.writable``: a dict with ``event`` (an :class:`asyncio.Event`
 set while the transport accepts writes), ``send_now`` (write one text frame
-synchronously) and ``close_now`` (send a close frame at once, even to a peer that
-stopped reading), so the hub can send inline to writable connections and queue
-only for paused ones; (2) close connections with 1001 (going away) rather than
-1012 when the server shuts down.
+synchronously: a :class:`FrameWriter`, which can also write frames the hub
+encoded once for many connections) and ``close_now`` (send a close frame at
+once, even to a peer that stopped reading), so the hub can send inline to
+writable connections and queue only for paused ones; (2) close connections with
+1001 (going away) rather than 1012 when the server shuts down.
+
+The server runs on uvloop with the httptools HTTP parser (both come with
+``uvicorn[standard]``; uvicorn falls back to asyncio and h11 without them).
+Text frames are framed here, not by ``websockets``, when the connection
+negotiated no extension (the header is two to ten bytes, see
+:func:`realtime.protocol.text_frame`): measured in ``bench/``, that is most of
+the per-message CPU the server spends outside the ``send`` system call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 from types import FrameType
@@ -21,15 +30,152 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from realtime.config import Settings
+from realtime.protocol import text_frame
 
-__all__ = ["WRITABLE_EXTENSION", "RealtimeServer", "RealtimeWebSocketProtocol", "make_server",
-           "wait_started"]
+__all__ = ["WRITABLE_EXTENSION", "Flag", "FrameWriter", "Inbox", "RealtimeServer",
+           "RealtimeWebSocketProtocol", "make_server", "wait_started"]
 
 log = logging.getLogger("realtime.server")
 
 WRITABLE_EXTENSION = "realtime.writable"
+
+
+class Flag:
+    """An :class:`asyncio.Event` without a deque of waiters per instance.
+
+    The connection's writability: set while the transport accepts writes. Ten
+    thousand idle connections each hold one; ``asyncio.Event`` allocates a
+    ``deque`` (~600 bytes) up front, this only when something waits.
+    """
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        """True while set."""
+        return self._set
+
+    def set(self) -> None:
+        """Set, and wake every waiter."""
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Clear."""
+        self._set = False
+
+    async def wait(self) -> bool:
+        """Return True once set (at once if it is)."""
+        if self._set:
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class Inbox:
+    """uvicorn's receive queue (``put_nowait``/``get``/``empty``), lighter.
+
+    The events a connection's app has not read yet; ``asyncio.Queue`` costs
+    three deques (~2 KB) per connection, this a list and waiters made on demand.
+    """
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        """Append ``item`` and wake one waiter."""
+        self._items.append(item)
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def empty(self) -> bool:
+        """True if no event waits."""
+        return not self._items
+
+    def qsize(self) -> int:
+        """How many events wait."""
+        return len(self._items)
+
+    async def get(self) -> Any:
+        """The oldest event, once there is one."""
+        while not self._items:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if waiter.done() and not waiter.cancelled() and self._items:
+                    self.put_nowait(self._items.pop(0))  # pass the wake-up on
+                    raise
+                raise
+        return self._items.pop(0)
+
+
+class FrameWriter:
+    """The ``send_now`` of the ``realtime.writable`` extension, for one connection.
+
+    Calling it writes one text frame now. :meth:`frames_ok` tells whether the
+    connection negotiated no extension (no ``permessage-deflate``), in which
+    case a frame is the same bytes for every connection, and :meth:`write`
+    writes such ready-made frames (one or several, concatenated) in one go.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: RealtimeWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def __call__(self, text: str) -> None:
+        """Write one text frame now (the caller checked writability).
+
+        Raises:
+            ClientDisconnected: the connection is closed or closing.
+        """
+        self._protocol.send_now(text)
+
+    def frames_ok(self) -> bool:
+        """True if frames from :func:`realtime.protocol.text_frame` may be written as-is."""
+        return not self._protocol.conn.extensions
+
+    def write(self, data: bytes) -> None:
+        """Write ready-made frames (only if :meth:`frames_ok`).
+
+        Raises:
+            ClientDisconnected: the connection is closed or closing.
+        """
+        protocol = self._protocol
+        if protocol.close_sent or protocol.disconnected or protocol.conn.state is not State.OPEN:
+            raise ClientDisconnected()
+        protocol.transport.write(data)
 
 
 class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -38,15 +184,29 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
     #: Seconds a closed connection may take to acknowledge before it is dropped.
     abort_after = 5.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter than asyncio's (an idle connection's memory is mostly such objects).
+        self.queue = Inbox()  # type: ignore[assignment]
+        writable = Flag()
+        writable.set()
+        self.writable = writable  # type: ignore[assignment]
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][WRITABLE_EXTENSION] = {
                 "event": self.writable,
-                "send_now": self.send_now,
+                "send_now": FrameWriter(self),
                 "close_now": self.close_now,
             }
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            # The handshake is done: its request and response are garbage now.
+            self.request = self.response = None  # type: ignore[assignment]
 
     def send_now(self, text: str) -> None:
         """Write one text frame now (the caller checked writability).
@@ -54,10 +214,14 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
         Raises:
             ClientDisconnected: the connection is closed or closing.
         """
-        if self.close_sent or self.disconnected:
+        conn = self.conn
+        if self.close_sent or self.disconnected or conn.state is not State.OPEN:
             raise ClientDisconnected()
-        self.conn.send_text(text.encode())
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        if conn.extensions:  # e.g. permessage-deflate: websockets frames it
+            conn.send_text(text.encode())
+            self.transport.write(b"".join(conn.data_to_send()))
+        else:
+            self.transport.write(text_frame(text.encode()))
 
     def close_now(self, code: int, reason: str = "") -> None:
         """Send a close frame now; drop the TCP connection if the peer does not answer."""
@@ -98,12 +262,18 @@ class RealtimeServer(uvicorn.Server):
             self._captured_signals.pop()
 
 
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> uvicorn.Server:
     """A uvicorn server for ``app`` configured from ``settings``."""
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
         ws=RealtimeWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.heartbeat_seconds,

@@ -1,0 +1,170 @@
+"""``realtime bench SCENARIO --quick``: every scenario runs and delivers what it sent.
+
+The smoke test of bench/ (CI runs it): each scenario starts its own database,
+servers and load processes on loopback, with a few connections and events.
+Only correctness counts are asserted (everything sent was received, every
+filter got exactly its matches); never a time or a rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from realtime.bench import Options, run_scenario
+
+pytest.importorskip("picows", reason="the bench load client needs picows (dev extra)")
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def quick(name: str, out: Path) -> dict[str, Any]:
+    """Run scenario ``name`` in quick mode; check its report files exist."""
+    data = await run_scenario(name, Options(quick=True, out=out, log=lambda text: None))
+    assert (out / f"{name}.json").exists()
+    assert (out / f"{name}.md").read_text().startswith(f"# {name} (quick)")
+    assert (out / f"{name}.png").stat().st_size > 0
+    assert data["runs"]
+    return data
+
+
+async def test_latency_quick(tmp_path: Path) -> None:
+    data = await quick("latency", tmp_path)
+    for run in data["runs"]:
+        assert run["write_failures"] == 0
+        assert run["delivered"] == run["expected"] == run["writes"] * run["subscribers"]
+        assert run["missing_sampled"] == 0
+        assert run["sent_to_received_ms"]["count"] > 0
+
+
+async def test_fanout_quick(tmp_path: Path) -> None:
+    data = await quick("fanout", tmp_path)
+    servers = {run["server"] for run in data["runs"]}
+    assert servers == {"realtime", "broadcast"}
+    for run in data["runs"]:
+        assert run["delivered"] == run["expected"] == run["events"] * run["subscribers"], run
+        assert run["closes"] == {}
+    assert "ratio_to_broadcast" in data["runs"][0]
+
+
+async def test_filters_quick(tmp_path: Path) -> None:
+    data = await quick("filters", tmp_path)
+    assert [run["selectivity"] for run in data["runs"]] == [0.001, 0.01, 0.1]
+    for run in data["runs"]:
+        assert run["delivered"] == run["expected"]
+        assert run["connections_with_wrong_count"] == 0
+        assert run["match_us_per_event"] > 0
+
+
+async def test_idle_quick(tmp_path: Path) -> None:
+    data = await quick("idle", tmp_path)
+    for run in data["runs"]:
+        assert run["one_event_delivered_to_all"]
+        assert run["closes"] == {}
+        assert run["rss_after_mib"] >= run["rss_before_mib"] > 0
+
+
+async def test_naive_quick(tmp_path: Path) -> None:
+    data = await quick("naive", tmp_path)
+    assert {run["server"] for run in data["runs"]} == {"realtime", "naive"}
+    for run in data["runs"]:
+        assert run["paced_delivered"] == run["paced_expected"], run
+        assert run["burst_delivered"] == run["burst_expected"], run
+
+
+# -- the fast path the benchmarks drive: batched writes keep every message, in order
+
+
+class FakeSink:
+    """A server frame writer: records each write (one system call each)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def __call__(self, text: str) -> None:
+        raise AssertionError("framed connections write frames")
+
+    def frames_ok(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def texts(writes: list[bytes]) -> list[str]:
+    """Split written bytes back into text frames (short, unmasked)."""
+    out = []
+    data = b"".join(writes)
+    while data:
+        assert data[0] == 0x81
+        n = data[1]
+        if n == 126:
+            n, data = int.from_bytes(data[2:4], "big"), data[4:]
+        else:
+            data = data[2:]
+        out.append(data[:n].decode())
+        data = data[n:]
+    return out
+
+
+def event(seq: int) -> Any:
+    from realtime.events import normalise
+
+    doc = {"_id": f"d{seq}", "seq": seq}
+    return normalise({"_id": {"_data": f"{seq:032x}"}, "operationType": "insert",
+                      "ns": {"db": "b", "coll": "c"}, "documentKey": {"_id": doc["_id"]},
+                      "fullDocument": doc})
+
+
+async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy hub holds messages and writes them in one call each; none lost or reordered."""
+    import asyncio
+
+    import orjson
+
+    from realtime import hub as hub_module
+    from realtime.hub import Connection, Hub, Subscription
+    from realtime.server import Flag
+
+    # Every publish after the first finds the hub busy; the batch stays open until flushed.
+    monkeypatch.setattr(hub_module, "BUSY_GAP", 3600.0)
+    monkeypatch.setattr(hub_module, "MIN_BATCH_DELAY", 3600.0)
+    hub = Hub()
+    sinks, flags = [], []
+    for i in range(3):
+        sink, flag = FakeSink(), Flag()
+        flag.set()
+
+        async def send_async(message: str) -> None:
+            raise AssertionError("not used")
+
+        conn = Connection(send_async=send_async, close=lambda code, reason: None,
+                          max_backlog=100, send_now=sink, writable=flag, name=str(i))
+        assert conn.framed
+        hub.attach(conn)
+        hub.add(Subscription(conn, "s", "c", {}))
+        sinks.append(sink)
+        flags.append(flag)
+        if i == 2:
+            replier = conn
+    for seq in range(50):
+        hub.publish(event(seq))
+        if seq == 20:
+            flags[1].clear()  # connection 1 pauses mid-batch: its messages queue
+            replier.send('{"type":"pong"}')  # a reply keeps its place among the changes
+    assert [len(sink.writes) for sink in sinks] == [1, 1, 1]  # the first event went inline
+    hub.flush()
+    assert [len(sink.writes) for sink in sinks] == [2, 1, 2]  # one call for 49 messages
+    flags[1].set()
+    for _ in range(100):  # connection 1's backlog drains once it is writable
+        if len(texts(sinks[1].writes)) == 50:
+            break
+        await asyncio.sleep(0.01)
+    for i, sink in enumerate(sinks):
+        messages = [orjson.loads(t) for t in texts(sink.writes)]
+        seqs = [m["document"]["seq"] for m in messages if m["type"] == "change"]
+        assert seqs == list(range(50)), i
+    kinds = [orjson.loads(t)["type"] for t in texts(sinks[2].writes)]
+    assert kinds.index("pong") == 21
