@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint types pytest clean
+.PHONY: run test lint types pytest pytest-pymongo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ pytest: $(VENV)/.dev-installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint types pytest
+
+# The database-facing tests once more on the second driver (PyMongo's async API;
+# Motor, the default, ran them in `pytest`). .ci/run runs it after `make test`.
+DRIVER_TESTS := tests/test_rest.py tests/test_ws.py tests/test_reliability.py \
+                tests/test_outage.py tests/test_fanout.py tests/test_multi_instance.py
+pytest-pymongo: $(VENV)/.dev-installed
+	REALTIME_DRIVER=pymongo $(BIN)/pytest $(DRIVER_TESTS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

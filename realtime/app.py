@@ -13,18 +13,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from realtime import __version__
+from realtime.auth import Authenticator, Unauthenticated, install_log_redaction
 from realtime.config import Settings
 from realtime.db import Database
 from realtime.embedded import EmbeddedServer
-from realtime.errors import install_handlers
+from realtime.errors import install_handlers, problem_response
 from realtime.feed import Feed
 from realtime.hub import Hub
+from realtime.limits import (
+    Limits,
+    SecurityCollector,
+    SecurityHeadersMiddleware,
+    TooManyRequests,
+    retry_after_header,
+)
+from realtime.logs import RequestIdMiddleware
+from realtime.metrics import Metrics, MetricsMiddleware
 from realtime.protocol import CloseCode
 from realtime.store import Store
 
@@ -45,6 +58,8 @@ class Services:
     hub: Hub
     feed: Feed
     embedded: EmbeddedServer | None
+    auth: Authenticator
+    limits: Limits
 
 
 async def _start_embedded(settings: Settings) -> EmbeddedServer:
@@ -62,9 +77,73 @@ async def _start_embedded(settings: Settings) -> EmbeddedServer:
     return server
 
 
+def _install_security(app: FastAPI, settings: Settings, limits: Limits) -> None:
+    """401 with ``WWW-Authenticate``, 429 with ``Retry-After``; headers, CORS, metrics."""
+
+    async def on_unauthenticated(request: Request, exc: Exception) -> Response:
+        detail = exc.detail if isinstance(exc, Unauthenticated) else "unauthenticated"
+        return problem_response(401, detail, slug="unauthenticated", instance=request.url.path,
+                                headers={"WWW-Authenticate": 'Bearer realm="realtime"'})
+
+    async def on_rate_limited(request: Request, exc: Exception) -> Response:
+        wait = exc.retry_after if isinstance(exc, TooManyRequests) else 1.0
+        detail = exc.detail if isinstance(exc, TooManyRequests) else "rate limited"
+        return problem_response(429, detail, slug="rate-limited", instance=request.url.path,
+                                headers={"Retry-After": retry_after_header(wait)})
+
+    app.add_exception_handler(Unauthenticated, on_unauthenticated)
+    app.add_exception_handler(TooManyRequests, on_rate_limited)
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware, settings=settings, limits=limits)
+
+
+def _drop_null_parameters(schema: dict[str, Any]) -> None:
+    """An optional parameter is absent, never ``null``: drop the null branch FastAPI adds."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", ()) if isinstance(operation, dict) \
+                    else ():
+                spec = parameter.get("schema", {})
+                branches = spec.get("anyOf")
+                if parameter.get("required") or not isinstance(branches, list):
+                    continue
+                kept = [b for b in branches if b != {"type": "null"}]
+                if len(kept) == 1 and len(kept) < len(branches):
+                    del spec["anyOf"]
+                    spec.update(kept[0])
+
+
+def _add_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Add ``schemas`` to the OpenAPI components (the REST bodies refer to them)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            _drop_null_parameters(schema)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the ASGI application; every resource is created in its lifespan."""
+    """Build the ASGI application; every resource is created in its lifespan.
+
+    Raises:
+        AuthConfigError: the security settings cannot work (e.g. a bad JWT key file).
+    """
     settings = settings or Settings()
+    auth = Authenticator(settings)
+    limits = Limits(settings)
+    install_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = Hub(settings.ring_size)
         feed = Feed(db, hub, settings)
         app.state.services = Services(settings=settings, db=db, store=Store(db, settings),
-                                      hub=hub, feed=feed, embedded=embedded)
+                                      hub=hub, feed=feed, embedded=embedded, auth=auth,
+                                      limits=limits)
         feed.start()
         try:
             try:
@@ -91,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             hub.close_all(CloseCode.GOING_AWAY, "server shutdown")
             await feed.stop()
-            db.close()
+            await db.close()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             log.info("realtime stopped")
@@ -103,12 +183,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
+    app.state.metrics = Metrics(lambda: getattr(app.state, "services", None),
+                                driver=settings.driver)
+    app.state.metrics.registry.register(SecurityCollector(limits))
+    _install_security(app, settings, limits)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)
 
     from realtime.api import health, rest, ws
 
     app.include_router(health.router)
     app.include_router(rest.router)
     app.include_router(ws.router)
+    _add_schemas(app, rest.SCHEMAS)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,4 +1,4 @@
-"""The ``realtime`` command: ``serve``, ``db`` and the clients ``tail|get|put|ls``."""
+"""The ``realtime`` command: ``serve``, ``db``, ``bench`` and the clients ``tail|get|put|ls``."""
 
 from __future__ import annotations
 
@@ -44,27 +44,61 @@ def serve(
         Path | None, typer.Option(help="Embedded database directory [./.realtime-data].")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug|info|warning|error")] = "info",
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text|json: JSON lines carry request ids [env REALTIME_LOG_FORMAT]."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Allow serving a non-loopback address without "
+                                        "authentication (REALTIME_AUTH=none).")
+    ] = False,
 ) -> None:
-    """Serve the REST API, the WebSocket feed and the dashboard."""
+    """Serve the REST API, the WebSocket feed and the dashboard.
+
+    Without authentication (REALTIME_AUTH=none, the default) it serves only on a
+    loopback address, unless --insecure is given.
+    """
     from realtime.app import create_app
+    from realtime.auth import AuthConfigError, check_exposure
     from realtime.config import Settings
     from realtime.embedded import EmbeddedUnavailable, find_executable
+    from realtime.logs import configure_logging
     from realtime.server import make_server
 
     overrides: dict[str, Any] = {}
     for key, value in (("host", host), ("port", port), ("mongodb_uri", mongodb_uri),
-                       ("data_dir", data_dir)):
+                       ("data_dir", data_dir), ("log_format", log_format)):
         if value is not None:
             overrides[key] = value
-    settings = Settings(**overrides)
-    _configure_logging(log_level)
+    if insecure:
+        overrides["insecure"] = True
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        typer.echo(f"realtime: bad settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        check_exposure(settings)
+    except AuthConfigError as exc:
+        typer.echo(f"realtime: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if settings.auth == "none" and settings.insecure:
+        typer.echo(f"realtime: WARNING: serving {settings.host} without authentication "
+                   "(--insecure)", err=True)
+    configure_logging(log_level, settings.log_format)
     if settings.mongodb_uri is None:
         try:
             find_executable()
         except EmbeddedUnavailable as exc:
             typer.echo(f"realtime: {exc}", err=True)
             raise typer.Exit(2) from None
-    server = make_server(create_app(settings), settings)
+    try:
+        application = create_app(settings)
+    except AuthConfigError as exc:
+        typer.echo(f"realtime: bad settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    server = make_server(application, settings)
     server.run()
     if not server.started:
         raise typer.Exit(1)
@@ -424,6 +458,46 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGTERM)
     return 0
+
+
+@app.command()
+def bench(
+    scenario: Annotated[str, typer.Argument(
+        help="latency | fanout | filters | idle | naive | all | report (re-render results)")],
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="A few connections and events per scenario (the CI smoke test).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="Results directory [bench/results].")] = None,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="Record a py-spy profile of the server (on with `all`).")] = False,
+    clients: Annotated[int | None, typer.Option(
+        min=1, max=8, help="Load-client processes for large runs [1 or 2].")] = None,
+    sizes: Annotated[str | None, typer.Option(
+        help="Subscriber counts to run instead of the scenario's, e.g. 500,1000.")] = None,
+    driver: Annotated[str | None, typer.Option(
+        help="REALTIME_DRIVER of the realtime servers: motor or pymongo [the default].")
+    ] = None,
+) -> None:
+    """Run a benchmark; write JSON, a Markdown table and a PNG chart to bench/results/.
+
+    Starts its own database, servers and load processes on loopback. See bench/README.md.
+    """
+    from realtime.bench import Options, run
+
+    opts = Options(quick=quick, profile=profile, clients=clients)
+    if driver is not None:
+        opts.server_env["REALTIME_DRIVER"] = driver
+    if sizes:
+        try:
+            opts.sizes = tuple(int(size) for size in sizes.split(","))
+        except ValueError:
+            _fail(f"--sizes must be numbers separated by commas, not {sizes!r}", 2)
+    if out is not None:
+        opts.out = out
+    code = run(scenario, opts)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

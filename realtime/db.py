@@ -2,8 +2,21 @@
 
 One client per process, created in the app's lifespan. Every driver exception
 is translated here into :mod:`realtime.errors`, so the rest of the service is
-driver-agnostic (a second implementation, e.g. PyMongo's async API, is a small
-file with the same :class:`Database`/:class:`Collection`/:class:`ChangeStream`).
+driver-agnostic.
+
+Two drivers sit behind the same :class:`Database`/:class:`Collection`/
+:class:`ChangeStream` (``Settings.driver``, env ``REALTIME_DRIVER``):
+
+- ``motor`` (default): ``motor.motor_asyncio.AsyncIOMotorClient``, which runs
+  PyMongo's synchronous driver on a thread pool;
+- ``pymongo``: PyMongo's native asyncio API, ``pymongo.AsyncMongoClient``,
+  Motor's upstream successor.
+
+Both raise the same ``pymongo.errors`` and have the same collection API; they
+differ only in how the client is built, that ``watch()`` and ``close()`` are
+coroutines in PyMongo's API (Motor opens a change stream lazily on a worker
+thread and closes synchronously), which :meth:`Database.watch` and
+:meth:`Database.close` absorb.
 """
 
 from __future__ import annotations
@@ -25,7 +38,10 @@ from motor.motor_asyncio import (
     AsyncIOMotorCollection,
     AsyncIOMotorDatabase,
 )
-from pymongo import ReturnDocument, monitoring
+from pymongo import AsyncMongoClient, ReturnDocument, monitoring
+from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
     CollectionInvalid,
@@ -62,6 +78,12 @@ __all__ = [
 log = logging.getLogger("realtime.db")
 T = TypeVar("T")
 
+_Doc = dict[str, Any]
+_Client = AsyncIOMotorClient[_Doc] | AsyncMongoClient[_Doc]
+_Db = AsyncIOMotorDatabase[_Doc] | AsyncDatabase[_Doc]
+_Coll = AsyncIOMotorCollection[_Doc] | AsyncCollection[_Doc]
+_Stream = AsyncIOMotorChangeStream[_Doc] | AsyncChangeStream[_Doc]
+
 #: Server error codes after which a change stream may be resumed (the driver's list,
 #: plus network errors which carry no code).
 _RESUMABLE_CODES = frozenset(
@@ -69,6 +91,8 @@ _RESUMABLE_CODES = frozenset(
      43}
 )
 _HISTORY_LOST_CODES = frozenset({286, 280})
+#: Seconds a cancelled PyMongo read may take to stop before it is left to close().
+_CANCEL_GRACE = 0.5
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -183,8 +207,10 @@ def token_time(data: str) -> tuple[int, int] | None:
 class ChangeStream:
     """A change stream cursor; events are raw BSON-decoded dicts."""
 
-    def __init__(self, stream: AsyncIOMotorChangeStream[Any]) -> None:
+    def __init__(self, stream: _Stream, pending: set[asyncio.Task[Any]] | None = None) -> None:
         self._stream = stream
+        #: PyMongo only: reads abandoned by a cancelled caller, awaited by Database.close.
+        self._pending = pending
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
@@ -195,11 +221,30 @@ class ChangeStream:
     async def try_next(self) -> dict[str, Any] | None:
         """The next event, or None after one empty ``getMore`` wait.
 
+        Cancellation is prompt with both drivers. (PyMongo's async API finishes a
+        socket read before it honours a cancellation, which can take as long as
+        the server takes to answer; the read then goes on in its own task, which
+        :meth:`Database.close` ends by closing the client, and awaits.)
+
         Raises:
             DatabaseUnavailable: a transient error the driver could not resume from.
             HistoryLost: the resume point is gone from the oplog.
         """
-        return await _call(self._stream.try_next())
+        if self._pending is None:
+            return await _call(self._stream.try_next())
+        read = asyncio.ensure_future(self._stream.try_next())
+        try:
+            return await _call(asyncio.shield(read))
+        except asyncio.CancelledError:
+            read.cancel()
+            done, _ = await asyncio.wait({read}, timeout=_CANCEL_GRACE)
+            if not done:
+                self._pending.add(read)
+                read.add_done_callback(self._pending.discard)
+            else:
+                with contextlib.suppress(BaseException):
+                    read.result()  # retrieved, so never "exception was never retrieved"
+            raise
 
     async def close(self) -> None:
         """Close the server cursor (errors ignored)."""
@@ -210,7 +255,7 @@ class ChangeStream:
 class Collection:
     """Document operations on one collection, with driver errors translated."""
 
-    def __init__(self, coll: AsyncIOMotorCollection[Any]) -> None:
+    def __init__(self, coll: _Coll) -> None:
         self._coll = coll
         self.name: str = coll.name
 
@@ -284,12 +329,15 @@ class Collection:
 
 
 class Database:
-    """The process's one client and its database, created in the app's lifespan."""
+    """The process's one client and its database, created in the app's lifespan.
+
+    ``settings.driver`` picks the client class (see the module docstring); pool
+    size and timeouts come from the settings, anything else from the URI.
+    """
 
     def __init__(self, settings: Settings, uri: str) -> None:
         self._health = _HealthLogger()
-        self._client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
-            uri,
+        options: dict[str, Any] = dict(
             maxPoolSize=settings.max_pool_size,
             serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
             connectTimeoutMS=settings.connect_timeout_ms,
@@ -298,11 +346,18 @@ class Database:
             tz_aware=True,
             event_listeners=[self._health],
         )
-        self._db: AsyncIOMotorDatabase[dict[str, Any]] = self._client.get_database(
+        #: Which driver this client uses: ``motor`` or ``pymongo``.
+        self.driver = settings.driver
+        self._client: _Client = (
+            AsyncMongoClient(uri, **options) if settings.driver == "pymongo"
+            else AsyncIOMotorClient(uri, **options)
+        )
+        self._db: _Db = self._client.get_database(
             settings.database, write_concern=WriteConcern(w="majority")
         )
         self.name = settings.database
         self._prepared: set[str] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
 
     async def ping(self) -> None:
         """Raises DatabaseUnavailable unless the database answers."""
@@ -375,8 +430,7 @@ class Database:
         Raises:
             DatabaseUnavailable, HistoryLost
         """
-        stream = self._db.watch(
-            list(pipeline),
+        options: dict[str, Any] = dict(
             full_document="updateLookup",
             full_document_before_change="whenAvailable",
             resume_after=resume_after,
@@ -384,15 +438,31 @@ class Database:
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
         )
-        # Open the server cursor now (Motor opens it lazily on a worker thread), so
-        # errors surface here and the post-batch resume token is known at once.
-        loop = asyncio.get_running_loop()
         async with _translated():
-            await loop.run_in_executor(None, stream._lazy_init)
+            if isinstance(self._db, AsyncDatabase):
+                # PyMongo's async watch() opens the server cursor itself.
+                return ChangeStream(await self._db.watch(list(pipeline), **options),
+                                    self._pending)
+            stream = self._db.watch(list(pipeline), **options)
+            # Open the server cursor now (Motor opens it lazily on a worker thread), so
+            # errors surface here and the post-batch resume token is known at once.
+            await asyncio.get_running_loop().run_in_executor(None, stream._lazy_init)
         return ChangeStream(stream)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the client and its pool."""
         self._health.closing = True
-        self._client.close()
+        if isinstance(self._client, AsyncMongoClient):
+            await self._client.close()
+            # Closing the pool ends reads that cancelled callers left behind.
+            if self._pending:
+                done, pending = await asyncio.wait(set(self._pending), timeout=5)
+                for read in done:
+                    with contextlib.suppress(BaseException):
+                        read.result()
+                if pending:
+                    log.warning("%d change stream reads still pending after close",
+                                len(pending))
+        else:
+            self._client.close()
 

@@ -49,7 +49,11 @@ def mongo() -> Iterator[EmbeddedServer]:
 
 @pytest.fixture
 def settings(mongo: EmbeddedServer) -> Settings:
-    """Settings pointing at the session server with a database of the test's own."""
+    """Settings pointing at the session server with a database of the test's own.
+
+    The driver is ``REALTIME_DRIVER`` (motor by default): CI runs the database-facing
+    tests once more with ``REALTIME_DRIVER=pymongo``; subprocess servers inherit it.
+    """
     return Settings(
         mongodb_uri=mongo.uri,
         database=f"t_{uuid.uuid4().hex[:12]}",

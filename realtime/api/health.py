@@ -1,15 +1,16 @@
-"""``/healthz`` (process liveness) and ``/readyz`` (database and feed)."""
+"""``/healthz`` (process liveness), ``/readyz`` (database and feed), ``/metrics``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from realtime.api.deps import DbDep, ServicesDep, SettingsDep
 from realtime.codec import dumps
 from realtime.errors import DatabaseUnavailable
+from realtime.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["router"]
 
@@ -50,3 +51,15 @@ async def readyz(db: DbDep, settings: SettingsDep, services: ServicesDep) -> Res
     headers = None if ready else {"Retry-After": str(settings.retry_after_seconds)}
     return Response(dumps(body), status_code=200 if ready else 503,
                     media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Connections, subscriptions, feed counters and REST latency in Prometheus text."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)

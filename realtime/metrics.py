@@ -1,0 +1,257 @@
+"""Prometheus metrics (``/metrics``), read from the service's own counters at scrape time.
+
+Nothing here sits on the fan-out path. The hub and the feed already count what
+matters (:attr:`Hub.events`, :attr:`Hub.slow_consumers`, :attr:`Connection.sent`,
+:attr:`Feed.restarts`, ...); :class:`ServiceCollector` turns them into metric
+families when Prometheus scrapes. The only metric observed per request is the
+REST latency histogram, recorded by :class:`MetricsMiddleware` (HTTP requests
+only; WebSocket traffic passes straight through).
+
+The :class:`~prometheus_client.CollectorRegistry` is created by
+:func:`realtime.app.create_app` (never prometheus_client's global ``REGISTRY``),
+so several apps in one process (tests) each have their own metrics.
+
+Metric names (all prefixed ``realtime_``; docs/deploy.md has the full table):
+``info{version,driver}``, ``websocket_connections``, ``subscriptions``,
+``send_backlog_messages``, ``feed_events_total``, ``messages_sent_total``,
+``slow_consumer_closes_total``, ``feed_restarts_total``, ``feed_catchups_total``,
+``feed_up``, ``feed_state{state}``, ``feed_lag_seconds``,
+``feed_last_event_timestamp_seconds`` and the histogram
+``http_request_duration_seconds{method,route,status}``,
+plus the standard ``process_*`` and ``python_*`` families.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from realtime import __version__
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from realtime.app import Services
+    from realtime.hub import Connection
+
+__all__ = ["CONTENT_TYPE", "LatencyBuckets", "Metrics", "MetricsMiddleware", "ServiceCollector"]
+
+#: The ``Content-Type`` of :meth:`Metrics.render` (Prometheus text format 0.0.4).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: REST latency buckets, seconds: 1 ms to 10 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
+
+#: The ``route`` label of a request no route matched (bounded label values).
+UNMATCHED = "<unmatched>"
+
+_FEED_STATES = ("starting", "live", "retrying", "stopped")
+
+#: Commit → sent buckets, seconds.
+DELIVERY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class LatencyBuckets:
+    """A histogram cheap enough for once per change event: no labels, no locks.
+
+    ``observe`` is one bisect and three increments. The feed may keep one as
+    ``publish_latency`` (commit wall time → :meth:`Hub.publish` returned, i.e.
+    sent to every writable subscriber); :class:`ServiceCollector` exports it as
+    ``realtime_delivery_seconds``.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = DELIVERY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs ending with ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+class ServiceCollector(Collector):
+    """Metric families computed from the hub and feed counters at scrape time.
+
+    ``services`` returns the lifespan's :class:`~realtime.app.Services`, or None
+    before start-up (then only ``realtime_info`` is reported).
+
+    ``messages_sent_total`` adds up :attr:`Connection.sent` of open connections
+    and the final count of connections that closed since the previous scrape
+    (the collector keeps a reference to each connection it has seen until it has
+    read its final count); a connection opened and closed entirely between two
+    scrapes is not counted.
+    """
+
+    def __init__(self, services: Callable[[], Services | None], driver: str) -> None:
+        self._services = services
+        self._driver = driver
+        self._seen: dict[int, Connection] = {}
+        self._retired_sent = 0
+
+    def _messages_sent(self, hub: Any, connections: Iterable[Connection]) -> int:
+        current = {id(conn): conn for conn in connections}
+        closed = getattr(hub, "sent_closed", None)
+        if isinstance(closed, int):  # exact, when the hub keeps the count
+            return closed + sum(conn.sent for conn in current.values())
+        for key, conn in self._seen.items():
+            if key not in current:
+                self._retired_sent += conn.sent
+        self._seen = current
+        return self._retired_sent + sum(conn.sent for conn in current.values())
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every family (called by the registry on each scrape)."""
+        info = GaugeMetricFamily("realtime_info", "Build and driver of this process.",
+                                 labels=["version", "driver"])
+        info.add_metric([__version__, self._driver], 1)
+        yield info
+        services = self._services()
+        if services is None:
+            return
+        hub, feed = services.hub, services.feed
+        connections = list(hub.connections)
+        yield GaugeMetricFamily("realtime_websocket_connections",
+                                "Open WebSocket connections.", value=len(connections))
+        yield GaugeMetricFamily("realtime_subscriptions",
+                                "Live subscriptions over all connections.",
+                                value=hub.subscription_count())
+        yield GaugeMetricFamily("realtime_send_backlog_messages",
+                                "Messages queued for connections whose transport is paused.",
+                                value=sum(conn.backlog for conn in connections))
+        yield CounterMetricFamily("realtime_feed_events",
+                                  "Change events received from the change stream.",
+                                  value=hub.events)
+        yield CounterMetricFamily("realtime_messages_sent",
+                                  "Messages written to WebSocket connections.",
+                                  value=self._messages_sent(hub, connections))
+        yield CounterMetricFamily("realtime_slow_consumer_closes",
+                                  "Connections closed with 4408 (slow consumer).",
+                                  value=hub.slow_consumers)
+        yield CounterMetricFamily("realtime_feed_restarts",
+                                  "Change stream retries and restarts.", value=feed.restarts)
+        yield CounterMetricFamily("realtime_feed_catchups",
+                                  "Resumes served by a catch-up change stream.",
+                                  value=feed.catchups)
+        yield GaugeMetricFamily("realtime_feed_up", "1 while the change stream is live.",
+                                value=1 if feed.live else 0)
+        state = GaugeMetricFamily("realtime_feed_state", "1 for the feed's current state.",
+                                  labels=["state"])
+        for name in _FEED_STATES:
+            state.add_metric([name], 1 if feed.state.value == name else 0)
+        yield state
+        lag = feed.lag
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "realtime_feed_lag_seconds",
+                "Seconds between the last event's commit and now (grows while idle).",
+                value=lag)
+        if feed.last_event_wall is not None:
+            yield GaugeMetricFamily("realtime_feed_last_event_timestamp_seconds",
+                                    "Commit time (Unix) of the last change event.",
+                                    value=feed.last_event_wall)
+        # Exported once the hub/feed keep them (see LatencyBuckets).
+        dropped = getattr(hub, "dropped", None)
+        if isinstance(dropped, int):
+            yield CounterMetricFamily("realtime_messages_dropped",
+                                      "Messages discarded with a closed connection's backlog.",
+                                      value=dropped)
+        delivery = getattr(feed, "publish_latency", None)
+        if isinstance(delivery, LatencyBuckets):
+            yield HistogramMetricFamily(
+                "realtime_delivery_seconds",
+                "Commit of a change to its fan-out (sent to writable subscribers).",
+                buckets=delivery.cumulative(), sum_value=delivery.sum)
+
+
+class Metrics:
+    """One app's registry: the service collector, REST latency, process metrics."""
+
+    def __init__(self, services: Callable[[], Services | None], *, driver: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(ServiceCollector(services, driver))
+        #: REST latency by method, route template and status.
+        self.requests = Histogram(
+            "realtime_http_request_duration_seconds",
+            "HTTP request latency by method, route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """ASGI middleware timing each HTTP request into :attr:`Metrics.requests`.
+
+    The ``route`` label is the matched route's path template (``/api/collections/
+    {collection}/documents/{id}``), never the raw path, so label values stay
+    bounded; a request no route matched is labelled ``<unmatched>``. An exception
+    that escapes the app is counted as status 500 and re-raised.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time an HTTP request; pass anything else straight through."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            self.metrics.requests.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - start)
