@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="How long start-up waits for the change stream."
     )
 
-    # Security (docs/security.md)
+    # Security (README: Security)
     auth: Literal["none", "apikey", "jwt", "apikey+jwt"] = Field(
         default="none",
         description="none (loopback only), apikey, jwt, or apikey+jwt (either credential).",

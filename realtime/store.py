@@ -20,7 +20,7 @@ within one type, so the types that sort after a value are added with
 are not supported for exact paging (MongoDB sorts an array by its smallest or
 largest element).
 
-Tenants (docs/security.md): every method takes an optional
+Tenants (README: Security): every method takes an optional
 :class:`realtime.auth.Tenant`. With one, reads and lists see only the tenant's
 documents (its clause is ANDed into the query), writes stamp the tenant field
 on the document and refuse a body that names another tenant (403), and
