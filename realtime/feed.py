@@ -26,6 +26,7 @@ from realtime.db import ChangeStream, Database, is_transient, token_time
 from realtime.errors import HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, cluster_time, normalise
 from realtime.hub import Hub, Subscription
+from realtime.metrics import LatencyBuckets
 
 __all__ = ["Backoff", "Feed", "FeedState"]
 
@@ -98,6 +99,8 @@ class Feed:
         self.restarts = 0
         self.catchups = 0
         self.last_event_wall: float | None = None
+        #: Commit (the event's ``wallTime``) → fanned out to writable subscribers.
+        self.publish_latency = LatencyBuckets()
         self._catchup_slots = asyncio.Semaphore(settings.catchup_concurrency)
         self._catchups: set[asyncio.Task[None]] = set()
         #: The resume token after the last published event (or post-batch token).
@@ -234,6 +237,8 @@ class Feed:
             wall = raw.get("wallTime")
             self.last_event_wall = wall.timestamp() if wall is not None else time.time()
             hub.publish(ev)
+            if wall is not None:
+                self.publish_latency.observe(time.time() - self.last_event_wall)
 
     def _stream_event(self, op: str, collection: str, raw: Mapping[str, Any]) -> None:
         if op == "invalidate":

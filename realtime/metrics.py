@@ -16,8 +16,8 @@ Metric names (all prefixed ``realtime_``; the README's "Observability" has the f
 ``send_backlog_messages``, ``feed_events_total``, ``messages_sent_total``,
 ``slow_consumer_closes_total``, ``feed_restarts_total``, ``feed_catchups_total``,
 ``feed_up``, ``feed_state{state}``, ``feed_lag_seconds``,
-``feed_last_event_timestamp_seconds`` and the histogram
-``http_request_duration_seconds{method,route,status}``,
+``feed_last_event_timestamp_seconds``, ``messages_dropped_total`` and the
+histograms ``delivery_seconds`` and ``http_request_duration_seconds{method,route,status}``,
 plus the standard ``process_*`` and ``python_*`` families.
 """
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from realtime.app import Services
-    from realtime.hub import Connection
+    from realtime.hub import Connection, Hub
 
 __all__ = ["CONTENT_TYPE", "LatencyBuckets", "Metrics", "MetricsMiddleware", "ServiceCollector"]
 
@@ -111,28 +111,16 @@ class ServiceCollector(Collector):
     before start-up (then only ``realtime_info`` is reported).
 
     ``messages_sent_total`` adds up :attr:`Connection.sent` of open connections
-    and the final count of connections that closed since the previous scrape
-    (the collector keeps a reference to each connection it has seen until it has
-    read its final count); a connection opened and closed entirely between two
-    scrapes is not counted.
+    and :attr:`Hub.sent_closed` (the final counts of closed ones), so it is exact.
     """
 
     def __init__(self, services: Callable[[], Services | None], driver: str) -> None:
         self._services = services
         self._driver = driver
-        self._seen: dict[int, Connection] = {}
-        self._retired_sent = 0
 
-    def _messages_sent(self, hub: Any, connections: Iterable[Connection]) -> int:
-        current = {id(conn): conn for conn in connections}
-        closed = getattr(hub, "sent_closed", None)
-        if isinstance(closed, int):  # exact, when the hub keeps the count
-            return closed + sum(conn.sent for conn in current.values())
-        for key, conn in self._seen.items():
-            if key not in current:
-                self._retired_sent += conn.sent
-        self._seen = current
-        return self._retired_sent + sum(conn.sent for conn in current.values())
+    @staticmethod
+    def _messages_sent(hub: Hub, connections: Iterable[Connection]) -> int:
+        return hub.sent_closed + sum(conn.sent for conn in connections)
 
     def collect(self) -> Iterable[Metric]:
         """Yield every family (called by the registry on each scrape)."""
@@ -184,18 +172,14 @@ class ServiceCollector(Collector):
             yield GaugeMetricFamily("realtime_feed_last_event_timestamp_seconds",
                                     "Commit time (Unix) of the last change event.",
                                     value=feed.last_event_wall)
-        # Exported once the hub/feed keep them (see LatencyBuckets).
-        dropped = getattr(hub, "dropped", None)
-        if isinstance(dropped, int):
-            yield CounterMetricFamily("realtime_messages_dropped",
-                                      "Messages discarded with a closed connection's backlog.",
-                                      value=dropped)
-        delivery = getattr(feed, "publish_latency", None)
-        if isinstance(delivery, LatencyBuckets):
-            yield HistogramMetricFamily(
-                "realtime_delivery_seconds",
-                "Commit of a change to its fan-out (sent to writable subscribers).",
-                buckets=delivery.cumulative(), sum_value=delivery.sum)
+        yield CounterMetricFamily("realtime_messages_dropped",
+                                  "Messages discarded unsent when their connection closed.",
+                                  value=hub.dropped + sum(conn.dropped for conn in connections))
+        delivery = feed.publish_latency
+        yield HistogramMetricFamily(
+            "realtime_delivery_seconds",
+            "Commit of a change (its wallTime) to its fan-out (sent to writable subscribers).",
+            buckets=delivery.cumulative(), sum_value=delivery.sum)
 
 
 class Metrics:

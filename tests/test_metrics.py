@@ -23,7 +23,7 @@ from realtime.app import create_app
 from realtime.embedded import EmbeddedServer, free_port
 from realtime.feed import FeedState
 from realtime.logs import JsonFormatter, RequestIdFilter, configure_logging
-from realtime.metrics import UNMATCHED, ServiceCollector
+from realtime.metrics import UNMATCHED, LatencyBuckets, ServiceCollector
 from tests.conftest import LiveServer
 from tests.helpers import until, ws_client
 
@@ -33,7 +33,7 @@ FAMILIES = {
     "realtime_send_backlog_messages", "realtime_feed_events", "realtime_messages_sent",
     "realtime_slow_consumer_closes", "realtime_feed_restarts", "realtime_feed_catchups",
     "realtime_feed_up", "realtime_feed_state", "realtime_http_request_duration_seconds",
-    "process_resident_memory_bytes",
+    "realtime_messages_dropped", "realtime_delivery_seconds", "process_resident_memory_bytes",
 }
 
 
@@ -111,6 +111,9 @@ async def test_websocket_activity_is_counted(live: LiveServer, http: httpx.Async
         assert value(text, "realtime_feed_events_total") >= events_before + 3
         sent_open = value(text, "realtime_messages_sent_total")
         assert sent_open >= sent_before + 4
+        # every published event's commit → fan-out time is observed
+        assert (value(text, "realtime_delivery_seconds_count")
+                >= value(before, "realtime_delivery_seconds_count") + 3)
     await until(lambda: not live.app.state.services.hub.connections, 10, "connection gone")
     text = await scrape()
     assert value(text, "realtime_websocket_connections") == 0
@@ -122,19 +125,21 @@ async def test_websocket_activity_is_counted(live: LiveServer, http: httpx.Async
 class FakeConnection:
     """What the collector reads of a :class:`realtime.hub.Connection`."""
 
-    def __init__(self, sent: int, backlog: int) -> None:
+    def __init__(self, sent: int, backlog: int, dropped: int = 0) -> None:
         self.sent = sent
         self.backlog = backlog
+        self.dropped = dropped
 
 
 def _fake_services(**hub: Any) -> SimpleNamespace:
     conns = hub.pop("connections", set())
     return SimpleNamespace(
         hub=SimpleNamespace(connections=conns, events=hub.get("events", 0),
-                            slow_consumers=hub.get("slow", 0),
+                            slow_consumers=hub.get("slow", 0), sent_closed=0, dropped=0,
                             subscription_count=lambda: 3),
         feed=SimpleNamespace(restarts=4, catchups=5, lag=1.5, last_event_wall=1e9,
-                             live=False, state=FeedState.RETRYING),
+                             live=False, state=FeedState.RETRYING,
+                             publish_latency=LatencyBuckets()),
     )
 
 
@@ -162,11 +167,13 @@ def test_collector_reads_the_counters() -> None:
     assert got["realtime_feed_up"] == 0
     assert got["realtime_feed_state{'state': 'retrying'}"] == 1
     assert got["realtime_feed_lag_seconds"] == 1.5
-    # b closes after sending 3 more: its final count stays in the total.
+    # b closes after sending 3 more: the hub keeps its final count.
     b.sent = 8
     services.hub.connections = {a}
+    services.hub.sent_closed += b.sent
     assert collect()["realtime_messages_sent_total"] == 18
     services.hub.connections = set()
+    services.hub.sent_closed += a.sent
     assert collect()["realtime_messages_sent_total"] == 18
 
 
@@ -285,10 +292,8 @@ async def test_serve_log_format_json(mongo: EmbeddedServer, tmp_path: Any) -> No
             assert await proc.wait() == 0
 
 
-def test_collector_exports_optional_counters() -> None:
-    """sent_closed / dropped on the hub and publish_latency on the feed, when kept."""
-    from realtime.metrics import LatencyBuckets
-
+def test_collector_exports_drops_and_delivery_latency() -> None:
+    """sent_closed / dropped on the hub and publish_latency on the feed."""
     services: Any = _fake_services(connections={FakeConnection(sent=4, backlog=0)})
     services.hub.sent_closed = 100
     services.hub.dropped = 7

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime.config import Settings
 from tests.conftest import LiveServer, live_server
-from tests.helpers import RawClient, WSClient, ws_client
+from tests.helpers import RawClient, WSClient, until, ws_client
 
 DOCS = "/api/collections/{}/documents"
 
@@ -299,6 +299,9 @@ async def test_slow_consumer_is_closed_4408(settings: Settings) -> None:
                 code, frames = await slow.read_until_closed()
                 assert code == 4408
                 assert 0 < frames < sent + 3  # it got a prefix, then the close
+                # its full backlog was dropped, and counted (realtime_messages_dropped_total)
+                await until(lambda: len(hub.connections) == 1, 10, "slow connection detached")
+                assert hub.dropped >= small.send_backlog
                 # the fast client still gets everything
                 await post(http, "flood", {"_id": "last"})
                 assert (await fast.expect("change"))["key"] == "last"
