@@ -52,6 +52,15 @@ BUSY_GAP = 0.001
 #: about as much time encoding as writing.
 MIN_BATCH_DELAY = 0.001
 MAX_BATCH_DELAY = 0.020
+#: Share of the time between two events spent fanning out (smoothed) above which
+#: the hub is loaded: it then also holds messages for events that arrive apart,
+#: for about one inter-event gap, so each connection's next messages share one
+#: write; below ``UNLOADED`` it sends inline again. Writes, not encoding, are
+#: what a fan-out costs (one system call per connection and write).
+LOADED = 0.4
+UNLOADED = 0.2
+#: Weight of the newest event in the smoothed load and inter-event gap.
+SMOOTHING = 0.2
 
 
 @runtime_checkable
@@ -83,7 +92,8 @@ class Batch:
     spends its time on (see bench/). An idle feed sends inline, with no delay.
     """
 
-    __slots__ = ("active", "delay", "dirty", "handle", "last_end", "opened")
+    __slots__ = ("active", "busy", "delay", "dirty", "gap", "handle", "last_end", "last_start",
+                 "load", "loaded", "opened")
 
     def __init__(self) -> None:
         #: True while the hub publishes in batch mode.
@@ -91,10 +101,28 @@ class Batch:
         #: Connections holding messages for the next flush.
         self.dirty: list[Connection] = []
         self.handle: asyncio.TimerHandle | None = None
-        #: When the previous publish ended, and when the open batch began.
+        #: When the previous publish began and ended, and when the open batch began.
+        self.last_start = -1.0
         self.last_end = -1.0
         self.opened = 0.0
         self.delay = MIN_BATCH_DELAY
+        #: Seconds spent fanning out (publishing and flushing) since the last event.
+        self.busy = 0.0
+        #: Smoothed share of time spent fanning out, and smoothed inter-event gap.
+        self.load = 0.0
+        self.gap = 1.0
+        #: True while ``load`` says the hub is loaded (with hysteresis).
+        self.loaded = False
+
+    def observe(self, started: float) -> None:
+        """Account for the event whose publish begins at ``started``."""
+        if self.last_start >= 0:
+            gap = max(started - self.last_start, 1e-6)
+            self.gap += SMOOTHING * (gap - self.gap)
+            self.load += SMOOTHING * (min(self.busy / gap, 1.0) - self.load)
+            self.loaded = self.load >= (UNLOADED if self.loaded else LOADED)
+        self.busy = 0.0
+        self.last_start = started
 
 
 class Connection:
@@ -112,6 +140,7 @@ class Connection:
         "_writable",
         "close_code",
         "closed",
+        "dropped",
         "framed",
         "max_backlog",
         "name",
@@ -149,6 +178,8 @@ class Connection:
         self.closed = False
         self.close_code: int | None = None
         self.sent = 0
+        #: Messages discarded unsent when the connection was closed.
+        self.dropped = 0
         self.name = name
         self.subscriptions: dict[str, Subscription] = {}
 
@@ -265,6 +296,7 @@ class Connection:
             return
         self.closed = True
         self.close_code = code
+        self.dropped += self.backlog + len(self._pending or ())
         if self._backlog is not None:
             self._backlog.clear()
         self._pending = None
@@ -608,6 +640,9 @@ class Hub:
         self._batch = Batch()
         #: Batches written, since start (a busy feed writes in batches).
         self.batches = 0
+        #: Messages sent by connections since detached, and messages they left unsent.
+        self.sent_closed = 0
+        self.dropped = 0
 
     # -- subscriptions -------------------------------------------------------
     def add(self, subscription: Subscription) -> None:
@@ -642,6 +677,8 @@ class Hub:
         if conn.close_code == protocol.CloseCode.SLOW_CONSUMER:
             self.slow_consumers += 1
         await conn.aclose()
+        self.sent_closed += conn.sent
+        self.dropped += conn.dropped + conn.backlog
 
     def subscription_count(self) -> int:
         """How many subscriptions are routed."""
@@ -670,14 +707,17 @@ class Hub:
         subs = index.targets(ev) if index.indexed else by_id.values()
         batch = self._batch
         started = time.monotonic()
+        batch.observe(started)
         ev.caching(True)
         try:
-            if batch.handle is None and started - batch.last_end >= BUSY_GAP:
+            if (batch.handle is None and not batch.loaded
+                    and started - batch.last_end >= BUSY_GAP):
                 for subscription in subs:
                     subscription.deliver(ev)
             else:
-                # Back to back with the previous event: the feed is behind. Hold the
-                # messages a moment and write each connection's in one call.
+                # Back to back with the previous event (the feed is behind), or the
+                # hub is loaded: hold the messages a moment and write each
+                # connection's in one call.
                 batch.active = True
                 try:
                     for subscription in subs:
@@ -688,14 +728,19 @@ class Hub:
                     if batch.handle is None:
                         # The timer writes the batch if no event follows; a feed that
                         # does not yield to the loop between events meets the bound here.
+                        delay = batch.delay
+                        if batch.loaded:  # long enough for the next event to join
+                            delay = min(MAX_BATCH_DELAY, max(delay, batch.gap))
                         batch.opened = started
-                        batch.handle = asyncio.get_running_loop().call_later(batch.delay,
+                        batch.handle = asyncio.get_running_loop().call_later(delay,
                                                                              self.flush)
                     elif time.monotonic() - batch.opened >= batch.delay:
+                        # (an event arriving after the batch's own delay takes it along)
                         self.flush()
         finally:
             ev.caching(False)
         batch.last_end = time.monotonic()
+        batch.busy += batch.last_end - started
 
     def flush(self) -> None:
         """Write every message held by the current batch (runs ``delay`` after it began)."""
@@ -710,7 +755,9 @@ class Hub:
         for conn in dirty:
             conn.flush()
         self.batches += 1
-        batch.delay = min(MAX_BATCH_DELAY, max(MIN_BATCH_DELAY, time.monotonic() - started))
+        took = time.monotonic() - started
+        batch.busy += took
+        batch.delay = min(MAX_BATCH_DELAY, max(MIN_BATCH_DELAY, took))
 
     def advance(self, token: str) -> None:
         """Note a new stream position without an event (a post-batch token)."""

@@ -168,3 +168,88 @@ async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch)
         assert seqs == list(range(50)), i
     kinds = [orjson.loads(t)["type"] for t in texts(sinks[2].writes)]
     assert kinds.index("pong") == 21
+
+
+class Clock:
+    """A monotonic clock the test moves: each write to a :class:`SlowSink` costs time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SlowSink(FakeSink):
+    def __init__(self, clock: Clock, cost: float) -> None:
+        super().__init__()
+        self.clock, self.cost = clock, cost
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.clock.now += self.cost
+
+
+async def test_loaded_hub_shares_writes_between_spaced_events(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events apart in time go inline until fanning out takes a large share of the
+    time between them; then each connection's messages of consecutive events share
+    a write, and inline sending comes back when the load drops. Nothing is lost or
+    reordered."""
+    import orjson
+
+    from realtime import hub as hub_module
+    from realtime.hub import Connection, Hub, Subscription
+    from realtime.server import Flag
+
+    clock = Clock()
+    monkeypatch.setattr(hub_module, "time", clock)
+    hub = Hub()
+    sinks = []
+    for i in range(5):
+        sink, flag = SlowSink(clock, 0.0003), Flag()  # 5 writes: 1.5 ms per event
+        flag.set()
+
+        async def send_async(message: str) -> None:
+            raise AssertionError("not used")
+
+        conn = Connection(send_async=send_async, close=lambda code, reason: None,
+                          max_backlog=100, send_now=sink, writable=flag, name=str(i))
+        hub.attach(conn)
+        hub.add(Subscription(conn, "s", "c", {}))
+        sinks.append(sink)
+
+    def writes() -> int:
+        return len(sinks[0].writes)
+
+    seq = 0
+    # Light load: an event every 20 ms, inline, one write per event.
+    for _ in range(10):
+        hub.publish(event(seq))
+        seq += 1
+        clock.now += 0.020
+    assert writes() == seq
+    # Heavy load: 1.5 ms after the previous fan-out ends (fanning out takes half the time).
+    before, published = writes(), 0
+    for _ in range(40):
+        hub.publish(event(seq))
+        seq += 1
+        published += 1
+        clock.now += 0.0015
+    hub.flush()
+    assert writes() - before < published * 0.7, (writes() - before, published)
+    # Light again: back to inline once the smoothed load has decayed.
+    for _ in range(20):
+        hub.publish(event(seq))
+        seq += 1
+        clock.now += 0.020
+    hub.flush()
+    tail = writes()
+    for _ in range(5):
+        hub.publish(event(seq))
+        seq += 1
+        clock.now += 0.020
+    assert writes() - tail == 5
+    for i, sink in enumerate(sinks):
+        got = [orjson.loads(t)["document"]["seq"] for t in texts(sink.writes)]
+        assert got == list(range(seq)), i
