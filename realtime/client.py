@@ -28,6 +28,14 @@ is full the client stops reading the socket, the server eventually closes it as
 a slow consumer (4408), and the client reconnects and resumes from the last
 event it buffered. Close a subscription you stop reading (``async with``, or
 :meth:`Subscription.aclose`).
+
+Credentials: ``token`` is an API key or JWT sent as ``Authorization: Bearer``,
+or a :data:`TokenProvider` (a function, sync or async, returning the current
+token) called before every connect and reconnect. When the server closes with
+4401 (credentials missing, invalid or expired, e.g. a JWT's ``exp`` passed), a
+provider is called once more; if it yields another token the client reconnects
+with it at once and resumes every subscription, so nothing is lost. Otherwise
+the client closes and the subscriptions raise :class:`ConnectionRejected`.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -66,6 +74,7 @@ __all__ = [
     "Subscribed",
     "Subscription",
     "SubscriptionError",
+    "TokenProvider",
     "backoff_delay",
     "connect",
     "event_to_json",
@@ -80,6 +89,8 @@ BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 20.0
 #: Close codes after which reconnecting cannot help (policy, auth).
 FATAL_CLOSE_CODES: Final = frozenset({1008, 4401, 4403})
+#: The close code of missing, invalid or expired credentials.
+UNAUTHENTICATED: Final = 4401
 #: Events a subscription buffers before the client stops reading the socket.
 DEFAULT_MAX_QUEUE: Final = 10_000
 
@@ -414,27 +425,42 @@ class Subscription:
 
 
 StateCallback: TypeAlias = Callable[[StateChange], None]
+#: A function returning the current API key or JWT, plain or as an awaitable;
+#: the client calls it before every connect and reconnect (and once more after
+#: a 4401 close). An empty string means no credentials.
+TokenProvider: TypeAlias = Callable[[], str | Awaitable[str]]
 
 
 class Client:
     """A connection to a realtime server that reconnects and resumes by itself.
 
-    Use :func:`connect` (an async context manager). ``token`` is sent as
-    ``Authorization: Bearer <token>``; ``on_state`` is called on every
-    :class:`ConnectionState` change; ``delay`` replaces :func:`backoff_delay`.
+    Use :func:`connect` (an async context manager). ``token`` (a string or a
+    :data:`TokenProvider`) is sent as ``Authorization: Bearer <token>``;
+    ``on_state`` is called on every :class:`ConnectionState` change; ``delay``
+    replaces :func:`backoff_delay`.
+
+    The 4401 rule: when the server closes the connection (or refuses a new one)
+    with 4401 and ``token`` is a provider, the provider is called once more; if
+    it returns a token other than the one that was refused, the client
+    reconnects with it at once (``reconnecting`` with ``delay`` 0, then
+    ``open``) and resumes its subscriptions. If it returns the same token, or
+    raises, or the fresh token is refused with 4401 as well before the server
+    says ``welcome``, the client closes and its subscriptions raise
+    :class:`ConnectionRejected`. A string token, and 1008 and 4403, close at once.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         on_state: StateCallback | None = None,
         delay: Callable[[int], float] = backoff_delay,
         open_timeout: float = 10.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.url = ws_url(url)
+        #: The credentials: an API key or JWT, a :data:`TokenProvider`, or None.
         self.token = token
         self.state = ConnectionState.IDLE
         #: The server's ``welcome`` message on the current connection.
@@ -453,6 +479,10 @@ class Client:
         self._outbox_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: The token of the current (or last) connection attempt.
+        self._used_token: str | None = None
+        #: True while reconnecting with a token fetched after a 4401, until ``welcome``.
+        self._auth_retry = False
 
     # -- public API ----------------------------------------------------------
     async def __aenter__(self) -> Client:
@@ -468,15 +498,24 @@ class Client:
 
         Raises:
             ConnectError: the server is unreachable, refused the handshake, or did
-                not say ``welcome`` within ``open_timeout``.
-            ConnectionRejected: the server closed the connection for auth/policy.
+                not say ``welcome`` within ``open_timeout``; or the token provider
+                failed.
+            ConnectionRejected: the server closed the connection for auth/policy
+                (after the 4401 rule of :class:`Client`).
         """
         if self._task is not None:
             return
         self._set_state(ConnectionState.CONNECTING)
+        self._auth_retry = False
         try:
-            ws = await self._open()
-        except ConnectionRejected:
+            try:
+                ws = await self._open(await self._token())
+            except ConnectionRejected as exc:
+                fresh = await self._token_after_rejection(exc.code)
+                if fresh is None:
+                    raise
+                ws = await self._open(fresh)
+        except (ConnectionRejected, ConnectError):
             self._set_state(ConnectionState.CLOSED)
             raise
         except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
@@ -544,8 +583,52 @@ class Client:
             except Exception:
                 log.exception("on_state callback failed")
 
-    async def _open(self) -> ClientConnection:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+    async def _token(self) -> str | None:
+        """The token for the next connection: ``token`` or what its provider returns.
+
+        Raises:
+            ConnectError: the provider raised or returned something else than a string.
+        """
+        source = self.token
+        if source is None or isinstance(source, str):
+            return source or None
+        try:
+            result = source()
+            value: object = result if isinstance(result, str) else await result
+        except Exception as exc:
+            # Only the exception's type: its message might quote a credential.
+            log.warning("the token provider failed: %s", type(exc).__name__)
+            raise ConnectError(f"the token provider failed ({type(exc).__name__})") from exc
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConnectError(f"the token provider returned a {type(value).__name__}, "
+                               "not a string")
+        return value or None
+
+    async def _token_after_rejection(self, code: int, reason: str = "", *,
+                                     announce: bool = False) -> str | None:
+        """The 4401 rule: a fresh token to reconnect with at once, or None to close.
+
+        With ``announce``, the state becomes ``reconnecting`` (delay 0) before the
+        provider is asked.
+        """
+        if code != UNAUTHENTICATED or not callable(self.token) or self._auth_retry:
+            return None
+        self._auth_retry = True
+        if announce:
+            self._set_state(ConnectionState.RECONNECTING, delay=0.0, code=code, reason=reason)
+        try:
+            fresh = await self._token()
+        except ConnectError:
+            return None
+        if fresh is None or fresh == self._used_token:
+            return None
+        return fresh
+
+    async def _open(self, token: str | None) -> ClientConnection:
+        self._used_token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         ws = await ws_connect(self.url, open_timeout=self._open_timeout, max_size=None,
                               additional_headers=headers, compression=None)
         try:
@@ -567,41 +650,48 @@ class Client:
         return ws
 
     async def _run(self, ws: ClientConnection | None) -> None:
+        code: int | None = None
+        reason = ""
         while True:
             if ws is not None:
                 code, reason = await self._session(ws)
-                if code in FATAL_CLOSE_CODES:
-                    error = ConnectionRejected(code, reason)
-                    for sub in self._subs:
-                        sub._finish(error)
-                    self._subs.clear()
-                    self._set_state(ConnectionState.CLOSED, code=code, reason=reason)
+                ws = None
+            fresh: str | None = None
+            if code in FATAL_CLOSE_CODES:
+                fresh = await self._token_after_rejection(code, reason, announce=True)
+                if fresh is None:
+                    self._reject(ConnectionRejected(code, reason))
                     return
+                # The credentials were renewed: reconnect at once.
             else:
-                code, reason = None, ""
-            delay = max(0.0, self._delay(self.attempt))
-            self.attempt += 1
-            self._set_state(ConnectionState.RECONNECTING, delay=delay, code=code, reason=reason)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+                delay = max(0.0, self._delay(self.attempt))
+                self.attempt += 1
+                self._set_state(ConnectionState.RECONNECTING, delay=delay, code=code,
+                                reason=reason)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+            code, reason = None, ""
             try:
-                ws = await self._open()
+                ws = await self._open(fresh if fresh is not None else await self._token())
             except ConnectionRejected as exc:
-                for sub in self._subs:
-                    sub._finish(exc)
-                self._subs.clear()
-                self._set_state(ConnectionState.CLOSED, code=exc.code, reason=exc.reason)
-                return
+                code, reason = exc.code, exc.reason
             except (OSError, TimeoutError, WebSocketException, ValueError, ConnectError) as exc:
                 log.debug("reconnect to %s failed: %s", self.url, exc)
-                ws = None
+
+    def _reject(self, error: ConnectionRejected) -> None:
+        """Close for good after ``error``: every subscription raises it."""
+        for sub in self._subs:
+            sub._finish(error)
+        self._subs.clear()
+        self._set_state(ConnectionState.CLOSED, code=error.code, reason=error.reason)
 
     async def _session(self, ws: ClientConnection) -> tuple[int, str]:
         """Serve one connection until it closes; return the close code and reason."""
         self._ws = ws
         self.attempt = 0
+        self._auth_retry = False
         self._outbox.clear()
         self._wire.clear()
         self._set_state(ConnectionState.OPEN)
@@ -727,7 +817,7 @@ class Client:
 def connect(
     url: str,
     *,
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     on_state: StateCallback | None = None,
     delay: Callable[[int], float] = backoff_delay,
     open_timeout: float = 10.0,
@@ -738,6 +828,9 @@ def connect(
     Use it as ``async with connect(url) as client:``; entering connects once
     (raising :class:`ConnectError` if that fails), leaving closes. After the first
     connection the client reconnects by itself until it is closed.
+
+    ``token`` is an API key or JWT, or a :data:`TokenProvider` called before
+    every (re)connect; see :class:`Client` for what a 4401 close does.
 
     Raises:
         ValueError: ``url`` is not an http(s) or ws(s) URL.

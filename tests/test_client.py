@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +19,7 @@ from realtime.client import (
     BACKOFF_MIN,
     Change,
     ConnectError,
+    ConnectionRejected,
     ConnectionState,
     Event,
     LiveView,
@@ -30,9 +33,11 @@ from realtime.client import (
     connect,
     ws_url,
 )
+from realtime.config import Settings
 from realtime.embedded import EmbeddedServer, free_port
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, live_server
 from tests.helpers import ServerProcess
+from tests.test_auth import bearer, hs256, jwt_settings
 
 DOCS = "/api/collections/{}/documents"
 
@@ -272,6 +277,111 @@ async def test_close_ends_iteration(live: LiveServer) -> None:
     assert client.state is ConnectionState.CLOSED
     with pytest.raises(StopAsyncIteration):
         await next_event(sub)
+
+
+# ---------------------------------------------------------------------------
+# Credentials: a token provider and the 4401 rule (JWT mode, real expiry)
+
+
+def soon() -> int:
+    """An ``exp`` 1 to 2 s ahead: PyJWT compares ``int(exp)`` with the clock, so a
+    fractional ``exp`` could leave a token well under a second of validity."""
+    return int(time.time()) + 2
+
+
+async def test_token_provider_renews_an_expired_jwt(settings: Settings) -> None:
+    """The token expires, the server closes 4401, the provider gives a fresh token:
+    the client reconnects at once with it and replays what was written meanwhile."""
+    calls = 0
+    asked_again = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return hs256({"scope": "read:*", "sub": "first", "exp": soon()})
+        asked_again.set()
+        await gate.wait()  # the test writes while the client waits for its token
+        return hs256({"scope": "read:*", "sub": "renewed"})
+
+    states = StateLog()
+    writer = bearer(hs256({"scope": "write:*"}))
+    async with live_server(jwt_settings(settings, jwt_leeway_seconds=0)) as server, \
+            httpx.AsyncClient(base_url=server.url, headers=writer, timeout=10) as http, \
+            connect(server.url, token=provider, on_state=states,
+                    delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("orders") as sub:
+        subscribed = await next_event(sub)
+        assert isinstance(subscribed, Subscribed)
+        await post(http, "orders", {"_id": "a"})
+        first = await next_event(sub)
+        assert isinstance(first, Change)
+        assert first.key == "a"
+
+        await asyncio.wait_for(asked_again.wait(), 10)  # expired: 4401, the provider is asked
+        lost = states.changes[-1]
+        assert (lost.state, lost.code, lost.delay) == (ConnectionState.RECONNECTING, 4401, 0.0)
+        assert lost.reason == "token expired"
+        for key in ("b", "c"):
+            await post(http, "orders", {"_id": key})
+        gate.set()
+        await states.wait_for(ConnectionState.OPEN)
+
+        events = await until(sub, lambda e: isinstance(e, Change) and e.key == "c")
+        assert isinstance(events[0], Subscribed)
+        assert events[0].resumed
+        assert [(e.op, e.key) for e in events[1:] if isinstance(e, Change)] == [
+            ("insert", "b"), ("insert", "c")]
+        assert len(events) == 3
+        await post(http, "orders", {"_id": "d"})
+        last = await next_event(sub)
+        assert isinstance(last, Change)
+        assert last.key == "d"
+        assert calls == 2  # once per connect, once after the 4401
+        assert [c.state for c in states.changes] == [
+            ConnectionState.CONNECTING, ConnectionState.OPEN, ConnectionState.RECONNECTING,
+            ConnectionState.OPEN]
+
+
+async def test_token_provider_without_a_new_token_stays_closed(settings: Settings) -> None:
+    """After a 4401 the provider is asked once more: the same token, or a new one the
+    server refuses as well, closes the client for good."""
+    async with live_server(jwt_settings(settings, jwt_leeway_seconds=0)) as server:
+        # The same (expired) token again: closed, the subscription raises.
+        token = hs256({"scope": "read:*", "exp": soon()})
+        calls = 0
+
+        def same() -> str:
+            nonlocal calls
+            calls += 1
+            return token
+
+        states = StateLog()
+        async with connect(server.url, token=same, on_state=states,
+                           delay=lambda attempt: 3600.0) as client:
+            sub = client.subscribe("orders")
+            assert isinstance(await next_event(sub), Subscribed)
+            with pytest.raises(ConnectionRejected) as info:
+                await next_event(sub)
+            assert info.value.code == 4401
+            assert client.state is ConnectionState.CLOSED
+            assert calls == 2
+            assert [(c.state, c.code) for c in states.changes] == [
+                (ConnectionState.CONNECTING, None), (ConnectionState.OPEN, None),
+                (ConnectionState.RECONNECTING, 4401), (ConnectionState.CLOSED, 4401)]
+
+        # New tokens that are all refused: one retry, then ConnectionRejected.
+        counter = itertools.count()
+
+        def garbage() -> str:
+            return f"not-a-jwt-{next(counter)}"
+
+        with pytest.raises(ConnectionRejected) as info:
+            async with connect(server.url, token=garbage):
+                pass
+        assert info.value.code == 4401
+        assert next(counter) == 2
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 // The dashboard: watch a collection live, write documents through the REST API.
 // Plain ES module, no framework, no inline script (CSP `default-src 'self'`).
+// With authentication on (REALTIME_AUTH=apikey|jwt) it asks for an API key or
+// token when the server wants one (a REST 401, a WebSocket close 4401/4403).
 
 import { applyEvent, connect, keyOf } from "/static/realtime.js";
 
@@ -29,11 +31,44 @@ const ui = {
   docBody: $("doc-body"),
   result: $("editor-result"),
   log: $("log"),
+  forget: $("forget-key"),
+  auth: $("auth"),
+  authForm: $("auth-form"),
+  authToken: $("auth-token"),
+  authError: $("auth-error"),
 };
+
+// --------------------------------------------------------------- credentials
+// The key (or JWT) lives in sessionStorage: this tab only, never in the URL,
+// never logged. REST calls send it as `Authorization: Bearer`, the WebSocket
+// as its first message (the `token` option of realtime.js, read on every
+// connect).
+
+const TOKEN_KEY = "realtime.token";
+let memoryToken = null; // if sessionStorage is unavailable
+
+const credentials = {
+  get() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) ?? memoryToken;
+    } catch {
+      return memoryToken;
+    }
+  },
+  set(token) {
+    memoryToken = token;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch { /* memory only */ }
+  },
+  clear() {
+    memoryToken = null;
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* memory only */ }
+  },
+};
+ui.forget.hidden = !credentials.get();
 
 // --------------------------------------------------------------- connection
 
-const client = connect("/ws", { autoConnect: false });
+const client = connect("/ws", { autoConnect: false, token: () => credentials.get() });
 let reconnectTimer = null;
 
 client.on("state", (state, detail) => {
@@ -59,10 +94,92 @@ client.on("state", (state, detail) => {
     logLine("conn", `connection lost (${detail.code}${detail.reason ? ` ${detail.reason}` : ""})`);
   } else if (state === "open") {
     logLine("conn", `connected to ${detail.welcome?.server ?? "server"}`);
+  } else if (state === "closed" && detail.code !== undefined && detail.code !== 1000) {
+    logLine("conn", `closed (${detail.code}${detail.reason ? ` ${detail.reason}` : ""})`);
+  }
+  if (state === "closed" && (detail.code === 4401 || detail.code === 4403)) {
+    credentialsRefused(detail.reason || `closed ${detail.code}`, credentials.get());
   }
 });
 ui.retry.addEventListener("click", () => client.reconnectNow());
 client.open();
+
+// ------------------------------------------------------------ the key form
+
+let authNeeded = false;
+let reloads = 0;
+
+/** Show the key form (with `error`, if any) and stop the connection. */
+function askForKey(error) {
+  authNeeded = true;
+  if (client.state !== "closed" && client.state !== "idle") client.close();
+  ui.status.textContent = "key needed";
+  ui.forget.hidden = !credentials.get();
+  if (error) ui.authError.textContent = error;
+  const wasHidden = ui.auth.hidden;
+  ui.auth.hidden = false;
+  if (wasHidden || error) ui.authToken.focus();
+}
+
+/**
+ * The server refused the credentials `used` (null: none were sent) with `detail`.
+ * An answer about a key that has been replaced since is ignored.
+ */
+function credentialsRefused(detail, used) {
+  if ((used ?? null) !== credentials.get()) return;
+  if (used) {
+    credentials.clear(); // a refused (or expired) key is not sent again
+    logLine("auth", `key refused: ${detail}`);
+    askForKey(`The server refused this key: ${detail}`);
+  } else {
+    askForKey("");
+  }
+}
+
+/** Reconnect with the current credentials; load the collections and the watched query again. */
+async function reload() {
+  const run = ++reloads;
+  authNeeded = false;
+  if (client.state !== "closed" && client.state !== "idle") client.close();
+  ui.forget.hidden = !credentials.get();
+  await loadCollections();
+  if (run !== reloads || authNeeded) return;
+  client.open();
+  if (watching) watch(watching.collection, watching.filter, watching.filterText);
+}
+
+ui.authForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = ui.authToken.value.trim();
+  ui.authToken.value = "";
+  if (!token) {
+    ui.authError.textContent = "Enter an API key or token.";
+    return;
+  }
+  credentials.set(token);
+  ui.authError.textContent = "";
+  ui.auth.hidden = true;
+  logLine("auth", "key entered: reconnecting");
+  reload();
+});
+
+ui.forget.addEventListener("click", () => {
+  credentials.clear();
+  docs.clear();
+  renderAll(); // the documents were read with the key: take them off the screen
+  logLine("auth", "key forgotten");
+  reload();
+});
+
+/** `fetch` with the stored credentials; a 401 brings up the key form. */
+async function api(url, init = {}) {
+  const token = credentials.get();
+  const headers = { Accept: "application/json", ...init.headers };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const r = await fetch(url, { ...init, headers });
+  if (r.status === 401) credentialsRefused(await problemDetail(r.clone()), token);
+  return r;
+}
 
 // ------------------------------------------------------------------- state
 
@@ -381,7 +498,8 @@ ui.body.addEventListener("click", (e) => {
 
 async function loadCollections() {
   try {
-    const r = await fetch("/api/collections", { headers: { Accept: "application/json" } });
+    const r = await api("/api/collections");
+    if (r.status === 401) return []; // the key form is up
     if (!r.ok) throw new Error(await problemDetail(r));
     const { collections } = await r.json();
     const current = ui.select.value;
@@ -441,12 +559,12 @@ ui.editor.addEventListener("submit", async (e) => {
   const base = `/api/collections/${encodeURIComponent(collection)}/documents`;
   const url = action === "insert" ? base : `${base}/${encodeURIComponent(id)}`;
   const method = { insert: "POST", put: "PUT", patch: "PATCH", delete: "DELETE" }[action];
-  const headers = { Accept: "application/json" };
+  const headers = {};
   if (body !== undefined) {
     headers["Content-Type"] = action === "patch" ? "application/merge-patch+json" : "application/json";
   }
   try {
-    const r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const r = await api(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     if (!r.ok) {
       say(`${r.status}: ${await problemDetail(r)}`, false);
       return;

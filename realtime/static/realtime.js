@@ -12,6 +12,10 @@
 // 500 ms -> 20 s), resumes every subscription from the last event it saw
 // (`since`), and when the server cannot resume (`resync`) reloads a snapshot.
 // See the JSDoc of `RealtimeClient#subscribe` for the events a subscriber gets.
+//
+// With authentication on, pass `token`: a string, or a function (sync or async)
+// that returns the current token and is called on every (re)connect, so an
+// expired JWT is replaced by a fresh one (see `ConnectOptions`).
 
 /** Smallest backoff ceiling, in milliseconds (the first retry waits 0..500 ms). */
 export const BACKOFF_MIN_MS = 500;
@@ -22,6 +26,8 @@ export const PROTOCOL = 1;
 
 /** Close codes after which reconnecting cannot help (auth / policy). */
 const FATAL_CLOSE_CODES = new Set([1008, 4401, 4403]);
+/** The close code of missing, invalid or expired credentials. */
+const UNAUTHENTICATED = 4401;
 
 /**
  * The delay before reconnect attempt `attempt` (0-based): exponential backoff
@@ -120,8 +126,22 @@ export function keyOf(key) {
  */
 
 /**
+ * The credentials of a connection: an API key or JWT, or a function (sync or
+ * async) that returns one. A function is called before every connect and
+ * reconnect; returning `null` or `""` connects without credentials.
+ * @typedef {string | (() => (string | null | Promise<string | null>))} TokenOption
+ */
+
+/**
  * @typedef {object} ConnectOptions
- * @property {string} [token] API key or JWT, sent as the first message (`{"op":"auth"}`)
+ * @property {TokenOption} [token] API key or JWT, sent as the first message
+ *   (`{"op":"auth"}`, never in the URL). When the server closes with 4401
+ *   (credentials missing, invalid or expired) and `token` is a function, it is
+ *   called once more: if it yields a token other than the one just used, the
+ *   client reconnects at once with it (resuming every subscription); otherwise,
+ *   or if that fresh token is refused with 4401 too before `welcome`, the client
+ *   stays `closed` (detail `{code: 4401, reason}`). A string token, and the close
+ *   codes 1008 (policy/origin) and 4403 (forbidden), always end in `closed`.
  * @property {(attempt: number) => number} [delay] reconnect delay in ms (default {@link backoffDelay})
  * @property {boolean} [autoConnect] connect at once (default true)
  * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (default the global one)
@@ -156,6 +176,7 @@ export class RealtimeClient {
   constructor(url, options = {}) {
     /** The WebSocket URL. */
     this.url = wsUrl(url);
+    /** @type {TokenOption | null} the credentials option (may be replaced before a reconnect) */
     this.token = options.token ?? null;
     this._delay = options.delay ?? ((attempt) => backoffDelay(attempt));
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
@@ -174,6 +195,9 @@ export class RealtimeClient {
     this._timer = null;
     this._watchdog = null;
     this._lastSeen = 0;
+    this._gen = 0; // bumped by every connect and close: a stale async token is dropped
+    this._usedToken = null; // the token of the current (or last) connection attempt
+    this._authRetry = false; // reconnecting with a token fetched after a 4401, no welcome yet
   }
 
   /**
@@ -261,6 +285,7 @@ export class RealtimeClient {
   open() {
     if (this.state !== "idle" && this.state !== "closed") return;
     this.attempt = 0;
+    this._authRetry = false;
     this._connect("connecting");
   }
 
@@ -274,6 +299,7 @@ export class RealtimeClient {
 
   /** Close for good: no reconnect; subscriptions stay registered but idle. */
   close() {
+    this._gen += 1; // a token still being fetched is dropped
     clearTimeout(this._timer);
     this._timer = null;
     this._stopWatchdog();
@@ -287,8 +313,47 @@ export class RealtimeClient {
     this._setState("closed", { code: 1000, reason: "client closed" });
   }
 
-  _connect(state) {
+  // Resolve the token (unless `token` is given), then open a socket with it.
+  _connect(state, token) {
+    const gen = ++this._gen;
     this._setState(state, { attempt: this.attempt });
+    if (gen !== this._gen) return; // a listener closed the client
+    if (token !== undefined) {
+      this._openSocket(token);
+      return;
+    }
+    this._withToken(gen, (value) => this._openSocket(value), (err) => {
+      this._emit("error", err);
+      this._lost({ code: 1006, reason: "token provider failed" });
+    });
+  }
+
+  // Call `ok(token)` with the current token (the `token` option, or what its
+  // function returns), or `failed(err)`; synchronously unless the function
+  // returns a promise. Nothing is called if `close()` or another connect came
+  // in between (`gen` is no longer current).
+  _withToken(gen, ok, failed) {
+    const normal = (value) => (value === undefined || value === null || value === "" ? null
+      : String(value));
+    let value;
+    try {
+      value = typeof this.token === "function" ? this.token() : this.token;
+    } catch (err) {
+      failed(err);
+      return;
+    }
+    if (value && typeof value.then === "function") {
+      value.then(
+        (resolved) => { if (gen === this._gen) ok(normal(resolved)); },
+        (err) => { if (gen === this._gen) failed(err); },
+      );
+    } else {
+      ok(normal(value));
+    }
+  }
+
+  _openSocket(token) {
+    this._usedToken = token;
     let ws;
     try {
       ws = new this._WebSocket(this.url);
@@ -300,7 +365,7 @@ export class RealtimeClient {
     this.socket = ws;
     this.welcome = null;
     ws.onopen = () => {
-      if (this.token) this._send({ op: "auth", token: this.token });
+      if (token) this._send({ op: "auth", token });
     };
     ws.onmessage = (e) => this._onMessage(e.data);
     ws.onerror = () => { /* a close event follows */ };
@@ -316,6 +381,10 @@ export class RealtimeClient {
     this._wire.clear();
     for (const sub of this._subs) sub.wire = null;
     this._stopWatchdog();
+    if (code === UNAUTHENTICATED && typeof this.token === "function" && !this._authRetry) {
+      this._refreshAfterUnauthenticated(code, reason);
+      return;
+    }
     if (FATAL_CLOSE_CODES.has(code)) {
       this._setState("closed", { code, reason });
       return;
@@ -323,16 +392,36 @@ export class RealtimeClient {
     const delay = Math.max(0, this._delay(this.attempt));
     this.attempt += 1;
     this._setState("reconnecting", { code, reason, attempt: this.attempt, delay });
+    if (this.state !== "reconnecting") return; // a listener closed the client
     this._timer = setTimeout(() => {
       this._timer = null;
       this._connect("reconnecting");
     }, delay);
   }
 
+  // A 4401 with a token function: ask it once more; reconnect at once if the
+  // token changed (an expired JWT was renewed), else stay closed.
+  _refreshAfterUnauthenticated(code, reason) {
+    const used = this._usedToken;
+    this._authRetry = true;
+    const gen = ++this._gen;
+    this._setState("reconnecting", { code, reason, attempt: this.attempt, delay: 0 });
+    if (gen !== this._gen) return; // a listener closed the client
+    const stay = () => this._setState("closed", { code, reason });
+    this._withToken(gen, (token) => {
+      if (token === null || token === used) stay();
+      else this._connect("reconnecting", token);
+    }, (err) => {
+      this._emit("error", err);
+      stay();
+    });
+  }
+
   _send(msg) {
     const ws = this.socket;
     if (!ws || ws.readyState !== 1) return false;
-    this._emit("send", msg);
+    // Listeners (e.g. an event log) never see a credential.
+    this._emit("send", msg.op === "auth" ? { ...msg, token: "[redacted]" } : msg);
     ws.send(JSON.stringify(msg));
     return true;
   }
@@ -371,6 +460,7 @@ export class RealtimeClient {
       case "welcome":
         this.welcome = msg;
         this.attempt = 0;
+        this._authRetry = false;
         this._setState("open", { welcome: msg });
         this._startWatchdog(msg.heartbeat);
         for (const sub of this._subs) {

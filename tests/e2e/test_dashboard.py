@@ -8,6 +8,7 @@ skip, except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,9 +18,11 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, live_server
 from tests.helpers import ServerProcess
+from tests.test_auth import apikey_settings, bearer, hs256, jwt_settings
 
 pytestmark = pytest.mark.browser
 
@@ -256,6 +259,72 @@ async def test_dashboard_follows_rest_writes(page: Page, live: LiveServer,
     await p.screenshot(path=ARTIFACTS / "dashboard-phone.png", full_page=True)
 
 
+DASHBOARD_KEY = "dashboard-key-" + "d" * 24
+STORED_TOKEN = "() => sessionStorage.getItem('realtime.token')"
+
+
+async def test_dashboard_asks_for_a_key(page: Page, settings: Settings) -> None:
+    """REALTIME_AUTH=apikey: the page asks for the key, refuses a wrong one, and with
+    the right one loads the collections (REST) and the documents and follows changes."""
+    keyed = apikey_settings(settings, {DASHBOARD_KEY: {"scopes": ["read:*", "write:*"]}})
+    async with live_server(keyed) as server, \
+            httpx.AsyncClient(base_url=server.url, headers=bearer(DASHBOARD_KEY),
+                              timeout=10) as http:
+        await post(http, "orders", {"_id": "o1", "status": "open"})
+        await post(http, "orders", {"_id": "o2", "status": "new"})
+        p = page.page
+        await p.goto(server.url + "/#collection=orders")
+        form = p.locator("#auth")
+        key = p.locator("#auth-token")
+        await expect(form).to_be_visible()
+        await expect(key).to_have_attribute("type", "password")
+        await expect(key).to_be_focused()
+        await expect(p.get_by_label("API key or token")).to_have_count(1)
+        await expect(p.locator("#status")).to_have_text("key needed")
+        await expect(p.locator("#forget-key")).to_be_hidden()
+        await expect(p.locator("#docs tbody tr")).to_have_count(0)
+
+        # A wrong key: refused, the form comes back with the server's reason.
+        await key.fill("not-the-key")
+        await p.click("#auth-submit")
+        await expect(p.locator("#auth-error")).to_contain_text("unknown API key")
+        await expect(form).to_be_visible()
+        assert await p.evaluate(STORED_TOKEN) is None
+        ARTIFACTS.mkdir(exist_ok=True)
+        await p.screenshot(path=ARTIFACTS / "dashboard-key.png")
+
+        # The right key: collections from REST, the snapshot, then live changes.
+        await key.fill(DASHBOARD_KEY)
+        await p.click("#auth-submit")
+        await expect(form).to_be_hidden()
+        await expect(p.locator("#status")).to_have_attribute("data-state", "open")
+        await expect(p.locator("#collection-select option")).to_have_count(2)  # (choose) + 1
+        await wait_table_is(page, {"o1": 1, "o2": 1})
+        await post(http, "orders", {"_id": "o3", "status": "open"})
+        await expect(row(page, "o3")).to_have_count(1)
+        # The write form sends the key as well.
+        await p.fill("#doc-id", "o4")
+        await p.fill("#doc-body", '{"status": "new"}')
+        await p.click('[data-testid="do-insert"]')
+        await expect(p.locator("#editor-result")).to_have_class("ok")
+        await wait_table_is(page, {"o1": 1, "o2": 1, "o3": 1, "o4": 1})
+        await expect(p.locator("#forget-key")).to_be_visible()
+
+        # The key is in this tab's sessionStorage, not in the URL, not in the log.
+        assert await p.evaluate(STORED_TOKEN) == DASHBOARD_KEY
+        assert DASHBOARD_KEY not in p.url
+        log = await p.locator("#log").inner_text()
+        assert DASHBOARD_KEY not in log
+        assert "not-the-key" not in log
+
+        # Forget it: the documents leave the screen and the form comes back.
+        await p.click("#forget-key")
+        await expect(form).to_be_visible()
+        await expect(p.locator("#docs tbody tr")).to_have_count(0)
+        await expect(p.locator("#forget-key")).to_be_hidden()
+        assert await p.evaluate(STORED_TOKEN) is None
+
+
 @pytest.fixture
 async def server(mongo: EmbeddedServer) -> AsyncIterator[ServerProcess]:
     """``realtime serve`` as a subprocess on the session database server."""
@@ -461,3 +530,74 @@ async def test_realtime_js_resync_reloads_snapshot(page: Page, live: LiveServer,
     await p.wait_for_function("() => t.events.some((e) => e.key === 'z')")
     await p.evaluate("() => t.client.close()")
 
+
+
+TOKEN_FUNCTION = """async ({url, first, renewed, stale}) => {
+  window.rt = await import('/static/realtime.js');
+  const t = window.t = {events: [], states: [], calls: 0, staleCalls: 0, staleStates: []};
+  let release;
+  const gate = new Promise((resolve) => { release = resolve; });
+  t.release = () => release();
+  // An async token function: the first token expires soon; asked again after the 4401,
+  // it waits for the test (which writes meanwhile), then returns a fresh one.
+  t.client = rt.connect(url, {delay: () => 3600000, autoConnect: false, token: async () => {
+    t.calls += 1;
+    if (t.calls === 1) return first;
+    await gate;
+    return renewed;
+  }});
+  t.client.on('state', (s, d) => t.states.push({state: s, code: d.code ?? null}));
+  t.client.subscribe('orders', {}, (ev) => t.events.push(ev));
+  t.client.open();
+  // A sync token function that has nothing newer: closed after the 4401.
+  t.stale = rt.connect(url, {delay: () => 3600000, autoConnect: false,
+                             token: () => { t.staleCalls += 1; return stale; }});
+  t.stale.on('state', (s, d) => t.staleStates.push({state: s, code: d.code ?? null}));
+  t.stale.open();
+  return true;
+}"""
+
+
+async def test_realtime_js_token_function_renews_after_4401(page: Page,
+                                                             settings: Settings) -> None:
+    writer = bearer(hs256({"scope": "write:*"}))
+    async with live_server(jwt_settings(settings, jwt_leeway_seconds=0)) as server, \
+            httpx.AsyncClient(base_url=server.url, headers=writer, timeout=10) as http:
+        p = page.page
+        await p.goto(server.url + "/healthz")
+        # Minted now that the server and the page are up; an integral exp (PyJWT
+        # compares int(exp)) 2 to 3 s ahead, time enough to see change "a" first.
+        soon = int(time.time()) + 3
+        tokens = {"first": hs256({"scope": "read:*", "sub": "first", "exp": soon}),
+                  "renewed": hs256({"scope": "read:*", "sub": "renewed"}),
+                  "stale": hs256({"scope": "read:*", "sub": "stale", "exp": soon})}
+        await p.evaluate(TOKEN_FUNCTION, {"url": server.url, **tokens})
+        await p.wait_for_function("() => t.events.some((e) => e.type === 'subscribed')")
+        await post(http, "orders", {"_id": "a"})
+        await p.wait_for_function("() => t.events.some((e) => e.key === 'a')")
+
+        # The first token expires: 4401, the function is asked again (and waits).
+        await p.wait_for_function("() => t.calls === 2")
+        for key in ("b", "c"):
+            await post(http, "orders", {"_id": key})
+        await p.evaluate("() => t.release()")
+        await p.wait_for_function("() => t.events.some((e) => e.key === 'c')")
+        await post(http, "orders", {"_id": "d"})
+        await p.wait_for_function("() => t.events.some((e) => e.key === 'd')")
+        events = await p.evaluate(
+            "() => t.events.map((e) => [e.type, e.key ?? e.resumed ?? null])")
+        assert events == [["subscribed", False], ["change", "a"], ["subscribed", True],
+                          ["change", "b"], ["change", "c"], ["change", "d"]]
+        assert await p.evaluate("() => t.states") == [
+            {"state": "connecting", "code": None}, {"state": "open", "code": None},
+            {"state": "reconnecting", "code": 4401}, {"state": "reconnecting", "code": None},
+            {"state": "open", "code": None}]
+        assert await p.evaluate("() => t.calls") == 2
+
+        # The same token again: closed for good (no backoff loop), asked exactly twice.
+        await p.wait_for_function("() => t.stale.state === 'closed'")
+        assert await p.evaluate("() => t.staleStates") == [
+            {"state": "connecting", "code": None}, {"state": "open", "code": None},
+            {"state": "reconnecting", "code": 4401}, {"state": "closed", "code": 4401}]
+        assert await p.evaluate("() => t.staleCalls") == 2
+        await p.evaluate("() => { t.client.close(); t.stale.close(); }")
