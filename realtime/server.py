@@ -16,6 +16,11 @@ Text frames are framed here, not by ``websockets``, when the connection
 negotiated no extension (the header is two to ten bytes, see
 :func:`realtime.protocol.text_frame`): measured in ``bench/``, that is most of
 the per-message CPU the server spends outside the ``send`` system call.
+
+An idle connection's memory is mostly what this protocol keeps (DESIGN.md §8:
+10,000 idle subscribers at 25 KB each at most): the protocol's attributes live
+in slots, the handshake request is let go once answered (:func:`_forget_request`),
+and the receive queue and writability flag are lighter than asyncio's.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import asyncio
 import importlib.util
 import logging
 import signal
-from types import FrameType
+from types import FrameType, GeneratorType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from realtime.config import Settings
 from realtime.protocol import text_frame
@@ -178,8 +185,48 @@ class FrameWriter:
         protocol.transport.write(data)
 
 
+def _forget_request(conn: ServerProtocol) -> None:
+    """Let the handshake request go once it is parsed (it was kept alive for good).
+
+    ``websockets`` parses the request and then the frames in one generator,
+    whose frame holds the request (its headers: 2 to 3 KB) for the life of
+    the connection. When that generator waits at a frame boundary, it is
+    swapped for the frame parser alone, which reads the same buffer. (It always
+    does under uvicorn, which hands the protocol the request alone; a parser
+    inside a frame is kept as it is.)
+    """
+    parser = conn.parser
+    inner: Any = parser
+    while isinstance(inner, GeneratorType) and inner.gi_yieldfrom is not None:
+        inner = inner.gi_yieldfrom
+    if getattr(inner, "gi_code", None) is not _AT_EOF:
+        return  # inside a frame (a client that did not wait): keep it
+    fresh = Protocol.parse(conn)
+    next(fresh)  # waits at the same boundary
+    conn.parser = fresh
+    parser.close()
+
+
+_AT_EOF = StreamReader.at_eof.__code__
+
+
 class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol with a writability hook and 1001 on shutdown."""
+    """uvicorn's WebSocket protocol with a writability hook and 1001 on shutdown.
+
+    The attributes live in slots rather than in the instance dict (uvicorn sets
+    over 30, which makes the dict a 1.6 KB table per connection); an attribute
+    a later uvicorn adds still works, in the dict.
+    """
+
+    __slots__ = (
+        "app", "app_state", "asgi_version", "client", "close_sent", "close_timeout",
+        "close_timer", "config", "conn", "connections", "curr_msg_data_type",
+        "default_headers", "disconnected", "frames", "handshake_complete",
+        "handshake_initiated", "initial_response", "last_ping_rtt", "logger", "loop",
+        "pending_ping_payload", "ping_interval", "ping_sent_at", "ping_timeout",
+        "ping_timer", "pong_timer", "queue", "read_paused", "request", "response",
+        "root_path", "scheme", "scope", "server", "tasks", "transport", "writable",
+    )
 
     #: Seconds a closed connection may take to acknowledge before it is dropped.
     abort_after = 5.0
@@ -196,6 +243,8 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
+            self.request = None  # type: ignore[assignment]  # (the response answers it)
+            _forget_request(self.conn)
             scope["extensions"][WRITABLE_EXTENSION] = {
                 "event": self.writable,
                 "send_now": FrameWriter(self),

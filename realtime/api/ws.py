@@ -25,13 +25,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 
 from realtime import __version__, protocol, query
 from realtime.api.deps import get_services
+from realtime.app import WS_PATH
 from realtime.auth import (
     ANONYMOUS,
     Principal,
@@ -48,9 +49,11 @@ from realtime.limits import origin_allowed
 from realtime.server import WRITABLE_EXTENSION
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from realtime.app import Services
 
-__all__ = ["TenantSubscription", "router"]
+__all__ = ["TenantSubscription", "router", "serve_websocket", "websocket_endpoint"]
 
 log = logging.getLogger("realtime.ws")
 
@@ -93,23 +96,41 @@ def _reason(text: str) -> str:
     return data.decode(errors="ignore")
 
 
-def _connection(websocket: WebSocket, services: Services,
-                closers: set[asyncio.Task[None]]) -> Connection:
+class _LateCloser:
+    """``close`` for a server without the ``realtime.writable`` extension: a task per close.
+
+    (Under realtime's own server, closes are written at once and this is not made.)
+    """
+
+    __slots__ = ("tasks", "websocket")
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, code: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.websocket.close(code, reason))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for the closes under way (their errors are the peer's)."""
+        for task in list(self.tasks):
+            with contextlib.suppress(Exception):
+                await task
+
+
+def _connection(websocket: WebSocket, services: Services) -> tuple[Connection, _LateCloser | None]:
     ext: dict[str, Any] | None = websocket.scope.get("extensions", {}).get(WRITABLE_EXTENSION)
-
-    def close_later(code: int, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(websocket.close(code, reason))
-        closers.add(task)
-        task.add_done_callback(closers.discard)
-
     client = websocket.client
     name = f"{client.host}:{client.port}" if client else "?"
     if ext is not None:
         return Connection(send_async=websocket.send_text, close=ext["close_now"],
                           send_now=ext["send_now"], writable=ext["event"],
-                          max_backlog=services.settings.send_backlog, name=name)
-    return Connection(send_async=websocket.send_text, close=close_later,
-                      max_backlog=services.settings.send_backlog, name=name)
+                          max_backlog=services.settings.send_backlog, name=name), None
+    closer = _LateCloser(websocket)
+    return Connection(send_async=websocket.send_text, close=closer,
+                      max_backlog=services.settings.send_backlog, name=name), closer
 
 
 async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscribe,
@@ -230,7 +251,15 @@ async def _first_message_auth(websocket: WebSocket, services: Services) -> Princ
     return principal
 
 
-@router.websocket("/ws")
+def serve_websocket(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    """:func:`websocket_endpoint` as a bare ASGI app (see :class:`realtime.app.RealtimeApp`).
+
+    A plain function returning the endpoint's coroutine: one frame less per connection.
+    """
+    return websocket_endpoint(WebSocket(scope, receive, send))
+
+
+@router.websocket(WS_PATH)
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """Live subscriptions over WebSocket (protocol v1)."""
     services = get_services(websocket)
@@ -268,60 +297,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def _serve(websocket: WebSocket, services: Services, principal: Principal) -> None:
-    """The authenticated connection: welcome, then client messages until it closes."""
-    settings = services.settings
+    """The authenticated connection: welcome, then client messages until it closes.
+
+    An idle connection waits here for its next message, so what this frame holds
+    is held per connection: no closures, and each message is handled (and let
+    go) by :func:`_on_message`.
+    """
     hub = services.hub
-    closers: set[asyncio.Task[None]] = set()
-    conn = _connection(websocket, services, closers)
+    conn, closer = _connection(websocket, services)
     hub.attach(conn)
-    expiry: asyncio.TimerHandle | None = None
-
-    def expire() -> None:
-        services.limits.reject("unauthenticated")
-        conn.close(protocol.CloseCode.UNAUTHENTICATED, "token expired")
-
-    def schedule_expiry(who: Principal) -> None:
-        nonlocal expiry
-        if expiry is not None:
-            expiry.cancel()
-            expiry = None
-        if who.expires is not None:
-            delay = max(0.0, who.expires - time.time())
-            expiry = asyncio.get_running_loop().call_later(delay, expire)
-
-    schedule_expiry(principal)
-    conn.send(protocol.render_welcome(f"realtime/{__version__}", settings.heartbeat_seconds))
+    expiry = _schedule_expiry(None, services, conn, principal)
+    conn.send(protocol.render_welcome(f"realtime/{__version__}",
+                                      services.settings.heartbeat_seconds))
     try:
         while not conn.closed:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            renewed = await _on_message(services, conn, principal, await websocket.receive())
+            if renewed is None:
                 break
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            try:
-                parsed = protocol.parse_client_message(data, max_limit=settings.snapshot_max)
-            except protocol.ProtocolError as exc:
-                conn.send(protocol.render_error(exc.code, exc.message, exc.sub))
-                continue
-            if isinstance(parsed, protocol.Subscribe):
-                await _subscribe(services, conn, parsed, principal)
-            elif isinstance(parsed, protocol.Unsubscribe):
-                existing = conn.subscriptions.get(parsed.sub)
-                if existing is None:
-                    conn.send(protocol.render_error(protocol.ErrorCode.UNKNOWN_SUB,
-                                                    f"no subscription {parsed.sub!r}",
-                                                    parsed.sub))
-                else:
-                    hub.remove(existing)
-            elif isinstance(parsed, protocol.Ping):
-                conn.send(protocol.render_pong(parsed.ref))
-            else:
-                renewed = _reauthenticate(services, conn, principal, parsed)
-                if renewed is None:
-                    break
+            if renewed is not principal:
                 principal = renewed
-                schedule_expiry(principal)
+                expiry = _schedule_expiry(expiry, services, conn, principal)
     except Exception:
         log.exception("WebSocket %s failed", conn.name)
         conn.close(protocol.CloseCode.INTERNAL, "internal error")
@@ -329,9 +324,53 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
         if expiry is not None:
             expiry.cancel()
         await hub.detach(conn)
-        for task in list(closers):
-            with contextlib.suppress(Exception):
-                await task
+        if closer is not None:
+            await closer.wait()
+
+
+async def _on_message(services: Services, conn: Connection, principal: Principal,
+                      message: Mapping[str, Any]) -> Principal | None:
+    """Handle one client message; the principal from now on, or None to stop."""
+    if message["type"] == "websocket.disconnect":
+        return None
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    try:
+        parsed = protocol.parse_client_message(data, max_limit=services.settings.snapshot_max)
+    except protocol.ProtocolError as exc:
+        conn.send(protocol.render_error(exc.code, exc.message, exc.sub))
+        return principal
+    if isinstance(parsed, protocol.Subscribe):
+        await _subscribe(services, conn, parsed, principal)
+    elif isinstance(parsed, protocol.Unsubscribe):
+        existing = conn.subscriptions.get(parsed.sub)
+        if existing is None:
+            conn.send(protocol.render_error(protocol.ErrorCode.UNKNOWN_SUB,
+                                            f"no subscription {parsed.sub!r}", parsed.sub))
+        else:
+            services.hub.remove(existing)
+    elif isinstance(parsed, protocol.Ping):
+        conn.send(protocol.render_pong(parsed.ref))
+    else:
+        return _reauthenticate(services, conn, principal, parsed)
+    return principal
+
+
+def _expire(services: Services, conn: Connection) -> None:
+    services.limits.reject("unauthenticated")
+    conn.close(protocol.CloseCode.UNAUTHENTICATED, "token expired")
+
+
+def _schedule_expiry(previous: asyncio.TimerHandle | None, services: Services, conn: Connection,
+                     principal: Principal) -> asyncio.TimerHandle | None:
+    """Cancel ``previous``; close ``conn`` with 4401 when ``principal``'s credentials expire."""
+    if previous is not None:
+        previous.cancel()
+    if principal.expires is None:
+        return None
+    delay = max(0.0, principal.expires - time.time())
+    return asyncio.get_running_loop().call_later(delay, _expire, services, conn)
 
 
 def _reauthenticate(services: Services, conn: Connection, principal: Principal,
