@@ -22,6 +22,7 @@ duration.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import re
 import sys
@@ -124,6 +125,10 @@ class RequestIdMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # New ids: a random prefix per process and a counter (uuid4 per request
+        # read the system's random source every time, measurable at 100s of req/s).
+        self._prefix = uuid.uuid4().hex[:16]
+        self._next = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Bind the request id for the request (or WebSocket connection) and serve it."""
@@ -137,7 +142,7 @@ class RequestIdMiddleware:
                     request_id = value.decode()
                 break
         if request_id is None:
-            request_id = uuid.uuid4().hex
+            request_id = f"{self._prefix}{next(self._next):016x}"
         token = _request_id.set(request_id)
         try:
             if scope["type"] == "websocket":
