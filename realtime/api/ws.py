@@ -91,6 +91,12 @@ class TenantSubscription(Subscription):
         return super().decide(ev)
 
 
+def _payload(message: Mapping[str, Any]) -> str | bytes:
+    """The text (or bytes) of a ``websocket.receive`` message."""
+    text: str | None = message.get("text")
+    return text if text is not None else message.get("bytes") or b""
+
+
 def _reason(text: str) -> str:
     data = text.encode()[:_MAX_REASON]
     return data.decode(errors="ignore")
@@ -229,11 +235,8 @@ async def _first_message_auth(websocket: WebSocket, services: Services) -> Princ
         return None
     if message["type"] == "websocket.disconnect":
         return None
-    data = message.get("text")
-    if data is None:
-        data = message.get("bytes") or b""
     try:
-        parsed = protocol.parse_client_message(data)
+        parsed = protocol.parse_client_message(_payload(message))
     except protocol.ProtocolError:
         parsed = None
     if not isinstance(parsed, protocol.Auth):
@@ -333,11 +336,9 @@ async def _on_message(services: Services, conn: Connection, principal: Principal
     """Handle one client message; the principal from now on, or None to stop."""
     if message["type"] == "websocket.disconnect":
         return None
-    data = message.get("text")
-    if data is None:
-        data = message.get("bytes") or b""
     try:
-        parsed = protocol.parse_client_message(data, max_limit=services.settings.snapshot_max)
+        parsed = protocol.parse_client_message(_payload(message),
+                                               max_limit=services.settings.snapshot_max)
     except protocol.ProtocolError as exc:
         conn.send(protocol.render_error(exc.code, exc.message, exc.sub))
         return principal

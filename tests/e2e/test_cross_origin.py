@@ -11,7 +11,6 @@ subprotocol. Without Chromium or Playwright the tests skip, except under
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from starlette.routing import Route
 from realtime.config import Settings
 from realtime.server import wait_started
 from tests.conftest import LiveServer, live_server
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _unavailable
+from tests.e2e.test_dashboard import TIMEOUT_MS
 from tests.test_auth import apikey_settings, derive
 
 pytestmark = pytest.mark.browser
@@ -53,24 +52,6 @@ FETCH = """async ([url, headers]) => {
     return {blocked: String(err)};
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    """One headless Chromium for this module (the recipe of test_dashboard)."""
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install playwright)")
-    if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    async with async_playwright() as pw:
-        try:
-            instance = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            _unavailable(f"Chromium does not start: {exc}")
-        yield instance
-        await instance.close()
 
 
 @pytest.fixture

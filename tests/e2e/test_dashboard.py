@@ -7,12 +7,11 @@ skip, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import pytest
@@ -26,38 +25,10 @@ from tests.test_auth import apikey_settings, bearer, hs256, jwt_settings
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS = "/api/collections/{}/documents"
 TIMEOUT_MS = 10_000
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"browser tests cannot run under CI=true: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Any]:
-    """One headless Chromium for the session."""
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install playwright)")
-    if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    async with async_playwright() as pw:
-        try:
-            instance = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            _unavailable(f"Chromium does not start: {exc}")
-        yield instance
-        await instance.close()
 
 
 class Page:
