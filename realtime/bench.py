@@ -1039,13 +1039,16 @@ async def scenario_latency(opts: Options) -> dict[str, Any]:
     stack = Stack(opts)
     runs: list[dict[str, Any]] = []
     try:
-        db = await stack.database()
-        database = f"bench_{uuid.uuid4().hex[:8]}"
         for drv, sizes, rates in plan:
-            server = await stack.realtime(db.uri, database, {"REALTIME_DRIVER": drv})
             for n in sizes:
+                # A fresh database and server per size: SecantusDB (a Python server)
+                # slows down as its oplog grows, which would charge later runs.
+                db = await stack.database()
+                database = f"bench_{uuid.uuid4().hex[:8]}"
+                server = await stack.realtime(db.uri, database, {"REALTIME_DRIVER": drv})
                 await _latency_size(opts, stack, db, server, drv, n, rates, runs)
-            await server.stop()
+                await server.stop()
+                await asyncio.to_thread(db.stop)
     finally:
         await stack.close()
     data = {"scenario": "latency", "quick": opts.quick, "machine": machine(),
