@@ -44,7 +44,7 @@ from realtime.limits import (
     retry_after_header,
 )
 from realtime.logs import RequestIdMiddleware
-from realtime.metrics import Metrics, MetricsMiddleware
+from realtime.metrics import Metrics
 from realtime.protocol import CloseCode
 from realtime.store import Store
 
@@ -234,8 +234,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                                 driver=settings.driver)
     app.state.metrics.registry.register(SecurityCollector(limits))
     _install_security(app, settings, limits)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, on_response=app.state.metrics.observe_request)
 
     from realtime.api import health, rest, ws
 

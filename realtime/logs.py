@@ -28,6 +28,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -120,11 +121,22 @@ def configure_logging(level: str = "info", fmt: Literal["text", "json"] = "text"
     root.setLevel(level.upper())
 
 
-class RequestIdMiddleware:
-    """ASGI middleware: request ids in and out, an access record per HTTP request."""
+#: Called once per HTTP request with its scope, status and duration in seconds.
+OnResponse = Callable[["Scope", int, float], None]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RequestIdMiddleware:
+    """ASGI middleware: request ids in and out, an access record per HTTP request.
+
+    It is the one place that times an HTTP request and sees its status:
+    ``on_response`` (the REST latency histogram of :mod:`realtime.metrics`) is
+    called with them when the request ends, a request that raised counting as
+    500.
+    """
+
+    def __init__(self, app: ASGIApp, on_response: OnResponse | None = None) -> None:
         self.app = app
+        self._on_response = on_response
         # New ids: a random prefix per process and a counter (uuid4 per request
         # read the system's random source every time, measurable at 100s of req/s).
         self._prefix = uuid.uuid4().hex[:16]
@@ -169,10 +181,12 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - start
+            if self._on_response is not None:
+                self._on_response(scope, status, seconds)
             path = scope.get("path", "")
             level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
-                duration = round((time.perf_counter() - start) * 1000, 3)
                 access_log.log(level, "%s %s %d", scope["method"], path, status,
                                extra={"method": scope["method"], "path": path,
-                                      "status": status, "duration_ms": duration})
+                                      "status": status, "duration_ms": round(seconds * 1000, 3)})

@@ -4,8 +4,9 @@ Nothing here sits on the fan-out path. The hub and the feed already count what
 matters (:attr:`Hub.events`, :attr:`Hub.slow_consumers`, :attr:`Connection.sent`,
 :attr:`Feed.restarts`, ...); :class:`ServiceCollector` turns them into metric
 families when Prometheus scrapes. The only metric observed per request is the
-REST latency histogram, recorded by :class:`MetricsMiddleware` (HTTP requests
-only; WebSocket traffic passes straight through).
+REST latency histogram, observed by :meth:`Metrics.observe_request`, which
+:class:`realtime.logs.RequestIdMiddleware` calls at the end of each HTTP request
+(WebSocket traffic passes straight through).
 
 The :class:`~prometheus_client.CollectorRegistry` is created by
 :func:`realtime.app.create_app` (never prometheus_client's global ``REGISTRY``),
@@ -23,7 +24,6 @@ plus the standard ``process_*`` and ``python_*`` families.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -48,12 +48,12 @@ from prometheus_client.registry import Collector
 from realtime import __version__
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import Scope
 
     from realtime.app import Services
     from realtime.hub import Connection, Hub
 
-__all__ = ["CONTENT_TYPE", "LatencyBuckets", "Metrics", "MetricsMiddleware", "ServiceCollector"]
+__all__ = ["CONTENT_TYPE", "LatencyBuckets", "Metrics", "ServiceCollector"]
 
 #: The ``Content-Type`` of :meth:`Metrics.render` (Prometheus text format 0.0.4).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -200,42 +200,17 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count one HTTP request in the REST latency histogram.
+
+        The ``route`` label is the matched route's path template (``/api/collections/
+        {collection}/documents/{id}``), never the raw path, so label values stay
+        bounded; a request no route matched is labelled ``<unmatched>``.
+        """
+        route: Any = scope.get("route")
+        template = getattr(route, "path", None) or UNMATCHED
+        self.requests.labels(scope["method"], template, str(status)).observe(seconds)
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """ASGI middleware timing each HTTP request into :attr:`Metrics.requests`.
-
-    The ``route`` label is the matched route's path template (``/api/collections/
-    {collection}/documents/{id}``), never the raw path, so label values stay
-    bounded; a request no route matched is labelled ``<unmatched>``. An exception
-    that escapes the app is counted as status 500 and re-raised.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Time an HTTP request; pass anything else straight through."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            self.metrics.requests.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - start)
