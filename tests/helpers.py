@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -97,12 +96,17 @@ async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WSClient]:
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float,
                      what: str = "condition") -> None:
-    """Poll an async predicate until it is true (an event we cannot await directly)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.02)
+    """Wait for a state no event announces (the tests' one polling loop).
+
+    ``predicate`` is checked every 20 ms; after ``timeout`` seconds, a predicate
+    that hangs included, TimeoutError names ``what``.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while not await predicate():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise TimeoutError(f"{what} not reached in {timeout} s") from None
 
 
 class ServerProcess:

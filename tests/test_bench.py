@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from realtime.bench import Options, run_scenario
+from tests.helpers import until
 
 pytest.importorskip("picows", reason="the bench load client needs picows (dev extra)")
 
@@ -120,7 +121,6 @@ def event(seq: int) -> Any:
 
 async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy hub holds messages and writes them in one call each; none lost or reordered."""
-    import asyncio
 
     import orjson
 
@@ -158,10 +158,8 @@ async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch)
     hub.flush()
     assert [len(sink.writes) for sink in sinks] == [2, 1, 2]  # one call for 49 messages
     flags[1].set()
-    for _ in range(100):  # connection 1's backlog drains once it is writable
-        if len(texts(sinks[1].writes)) == 50:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(texts(sinks[1].writes)) == 50, 5,
+                "connection 1's backlog drained once it is writable")
     for i, sink in enumerate(sinks):
         messages = [orjson.loads(t) for t in texts(sink.writes)]
         seqs = [m["document"]["seq"] for m in messages if m["type"] == "change"]

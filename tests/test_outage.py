@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
 from tests.conftest import running_app
+from tests.helpers import wait_until
 
 DOCS = "/api/collections/things/documents"
 #: "Within ~3 s" with a little slack for a loaded machine. The test's own
@@ -36,17 +37,6 @@ async def start_server(path: Path, port: int = 0) -> EmbeddedServer:
         server.stop()
         raise
     return server
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float,
-                     what: str) -> None:
-    """Poll ``check`` until it is true; fail after ``within`` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"{what}: not within {within} s")
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ async def test_database_outage(tmp_path: Path, settings: Settings,
         async def ready() -> bool:
             return (await c.get("/readyz")).status_code == 200
 
-        await eventually(ready, 30, "/readyz 200 before the outage")
+        await wait_until(ready, 30, "/readyz 200 before the outage")
 
         # Acknowledged writes of every kind.
         expected: dict[str, dict[str, Any]] = {}
@@ -134,8 +124,8 @@ async def test_database_outage(tmp_path: Path, settings: Settings,
             assert r.status_code in (200, 503), r.text
             return r.status_code == 200
 
-        await eventually(serves, 30, "a read after the restart")
-        await eventually(ready, 30, "/readyz 200 after the restart")
+        await wait_until(serves, 30, "a read after the restart")
+        await wait_until(ready, 30, "/readyz 200 after the restart")
 
         r = await c.get(DOCS, params={"limit": 1000})
         assert r.status_code == 200

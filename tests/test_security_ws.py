@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime.config import Settings
 from tests.conftest import LiveServer, live_server
-from tests.helpers import WSClient
+from tests.helpers import WSClient, until
 from tests.test_auth import apikey_settings, bearer, derive, hs256, jwt_settings
 
 DOCS = "/api/collections/{}/documents"
@@ -147,8 +148,14 @@ async def test_none_mode_accepts_auth_message(live: LiveServer) -> None:
 async def test_token_expiry_and_renewal(settings: Settings) -> None:
     jwt_mode = jwt_settings(settings, jwt_leeway_seconds=0)
     async with live_server(jwt_mode) as server:
-        # Two sockets whose tokens expire in 3 s: one is left to expire, one renews.
-        await asyncio.gather(_expires(server), _renews(server))
+        # Two sockets whose tokens expire in 2-4 s: one is left to expire, one renews.
+        # Whole-second exp values (PyJWT compares whole seconds); the renewing
+        # socket's token expires a second before the other's, so the other's 4401
+        # tells that the renewing socket's old expiry has passed.
+        expires = math.floor(time.time()) + 4
+        expired = asyncio.Event()
+        await asyncio.gather(_expires(server, expires, expired),
+                             _renews(server, expires - 1, expired))
         # A bad token on an open socket: 4401.
         async with raw(server.ws_url, additional_headers=bearer(hs256({"scope": "read:*"}))) \
                 as ws:
@@ -157,15 +164,15 @@ async def test_token_expiry_and_renewal(settings: Settings) -> None:
             assert await close_code(ws) == 4401
 
 
-async def _expires(server: LiveServer) -> None:
-    token = hs256({"scope": "read:*", "tenant": "a", "exp": time.time() + 3.0})
+async def _expires(server: LiveServer, expires: int, expired: asyncio.Event) -> None:
+    token = hs256({"scope": "read:*", "tenant": "a", "exp": expires})
     async with raw(server.ws_url, additional_headers=bearer(token)) as ws:
         assert (await recv_json(ws))["type"] == "welcome"
         assert await close_code(ws) == 4401  # expiry closes the socket
+        expired.set()
 
 
-async def _renews(server: LiveServer) -> None:
-    expires = time.time() + 3.0
+async def _renews(server: LiveServer, expires: int, expired: asyncio.Event) -> None:
     token = hs256({"scope": "read:*", "tenant": "a", "exp": expires})
     async with raw(server.ws_url, additional_headers=bearer(token)) as ws:
         assert (await recv_json(ws))["type"] == "welcome"
@@ -179,7 +186,8 @@ async def _renews(server: LiveServer) -> None:
         error = await recv_json(ws)
         assert (error["type"], error["sub"], error["code"]) == ("error", "l", "forbidden")
         assert await recv_json(ws) == {"type": "authenticated"}
-        await asyncio.sleep(max(0.0, expires - time.time()) + 0.5)  # past the old expiry
+        async with asyncio.timeout(10):
+            await expired.wait()  # past this socket's old expiry (by a second)
         await ws.send('{"op":"ping","ref":2}')
         assert await recv_json(ws) == {"type": "pong", "ref": 2}
         # Another tenant's token on the same socket: 4403.
@@ -225,16 +233,10 @@ async def test_connections_per_client_address(settings: Settings) -> None:
                 await two.send('{"op":"auth","token":"k-all"}')
                 assert (await recv_json(two))["type"] == "authenticated"
             # A slot is free again once a connection closes.
-            await _wait_for_slot(server, 1)
+            limits = server.app.state.services.limits
+            await until(lambda: limits.connections_of("127.0.0.1") <= 1, 10, "a free slot")
             async with raw(server.ws_url, additional_headers=headers) as again:
                 assert (await recv_json(again))["type"] == "welcome"
-
-
-async def _wait_for_slot(server: LiveServer, busy: int) -> None:
-    limits = server.app.state.services.limits
-    async with asyncio.timeout(10):
-        while limits.connections_of("127.0.0.1") > busy:
-            await asyncio.sleep(0.01)
 
 
 class Collect(logging.Handler):

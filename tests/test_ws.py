@@ -100,13 +100,13 @@ async def test_unsubscribe(live: LiveServer, http: httpx.AsyncClient) -> None:
         assert err["code"] == "unknown_sub"
         await post(http, "orders", {"x": 1})
         assert await c.drain_until_marker(http) == []
-    await asyncio.wait_for(_no_subscriptions(live), 5)
+    await _no_subscriptions(live)
 
 
 async def _no_subscriptions(live: LiveServer) -> None:
     hub = live.app.state.services.hub
-    while hub.subscription_count() or hub.connections:
-        await asyncio.sleep(0.01)
+    await until(lambda: not hub.subscription_count() and not hub.connections, 5,
+                "every subscription and connection gone")
 
 
 async def test_snapshot_then_live(live: LiveServer, http: httpx.AsyncClient) -> None:
@@ -125,6 +125,7 @@ async def test_snapshot_then_live(live: LiveServer, http: httpx.AsyncClient) -> 
 async def test_snapshot_races_writes(live: LiveServer, http: httpx.AsyncClient) -> None:
     """A client subscribing while a writer works ends with the database's state."""
     stop = asyncio.Event()
+    writing = asyncio.Event()
 
     async def writer() -> None:
         i = 0
@@ -137,11 +138,13 @@ async def test_snapshot_races_writes(live: LiveServer, http: httpx.AsyncClient) 
                 await post(http, "race", {"_id": key, "n": i, "open": True})
             else:
                 await patch(http, "race", key, {"n": i, "open": i % 3 != 0})
+            writing.set()
             i += 1
 
     task = asyncio.create_task(writer())
     try:
-        await asyncio.sleep(0)  # let the writer start
+        async with asyncio.timeout(10):
+            await writing.wait()  # subscribe while the writer is at work
         states: list[dict[Any, Any]] = []
         clients = []
         for n in range(3):
@@ -323,6 +326,6 @@ async def test_no_leaks_after_disconnect(live: LiveServer, http: httpx.AsyncClie
     await post(http, "leak", {"i": 0})
     for cm in managers:
         await cm.__aexit__(None, None, None)
-    await asyncio.wait_for(_no_subscriptions(live), 5)
+    await _no_subscriptions(live)
     tasks = [t for t in asyncio.all_tasks() if "drain" in repr(t.get_coro())]
     assert tasks == []
