@@ -35,11 +35,12 @@ pytest: $(VENV)/.dev-installed
 
 # Every test that runs the service against the database, once more on the second
 # driver (PyMongo's asyncio API; Motor, the default, ran them in `pytest`). Left
-# out: pure logic (query, protocol, codec, server), files that are driver-blind
+# out: pure logic (query, protocol, codec, server, snapshot settling), driver-blind files
 # (deploy files, benchmarks' own servers, `make run`, the browser pages) and
 # test_driver.py, which runs both drivers itself.
 DRIVER_BLIND := test_codec.py test_protocol.py test_query.py test_query_property.py \
-                test_server.py test_deploy.py test_bench.py test_run.py test_driver.py e2e
+                test_server.py test_snapshot_settle.py test_deploy.py test_bench.py test_run.py \
+                test_driver.py e2e
 pytest-pymongo: $(VENV)/.dev-installed
 	REALTIME_DRIVER=pymongo $(BIN)/pytest $(XDIST) \
 	    $(addprefix --ignore=tests/,$(DRIVER_BLIND)) $(PYTEST_ARGS)

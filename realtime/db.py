@@ -306,6 +306,36 @@ class Collection:
         finally:
             await cursor.close()
 
+    async def snapshot(
+        self,
+        query: Mapping[str, Any],
+        *,
+        sort: Sequence[tuple[str, int]],
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        """The matching documents, and the cluster time the read finished at.
+
+        The time is the ``operationTime`` of the last reply, read in an explicit
+        session: every change the documents show has a cluster time at or
+        before it (None if the server gave none).
+        """
+        client = self._coll.database.client
+        docs: list[dict[str, Any]] = []
+        async with _translated():
+            started = client.start_session(causal_consistency=False)
+            session = await started if asyncio.iscoroutine(started) else started
+            async with session:
+                cursor = self._coll.find(query, sort=list(sort), limit=limit,
+                                         batch_size=min(limit, 1000) if limit else 1000,
+                                         session=session)
+                try:
+                    async for doc in cursor:
+                        docs.append(doc)
+                finally:
+                    await cursor.close()
+                at = session.operation_time
+        return docs, None if at is None else (at.time, at.inc)
+
     async def find_one_and_replace(
         self, query: Mapping[str, Any], doc: dict[str, Any], *, upsert: bool = False
     ) -> dict[str, Any] | None:

@@ -48,14 +48,6 @@ class Event:
     _frames: dict[str, bytes] | None = None
     _leave_frames: dict[str, bytes] | None = None
 
-    @property
-    def version(self) -> int | None:
-        """The document's ``_version`` after this change, if known."""
-        if self.document is None:
-            return None
-        value = self.document.get("_version")
-        return value if isinstance(value, int) else None
-
     def frame(self, prefix: str, op: str) -> bytes:
         """The WebSocket frame of this change as ``op`` for subscriptions with ``prefix``.
 

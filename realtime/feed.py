@@ -105,6 +105,8 @@ class Feed:
         self._catchups: set[asyncio.Task[None]] = set()
         #: The resume token after the last published event (or post-batch token).
         self.token: Mapping[str, Any] | None = None
+        #: Reads of the change stream begun (numbered from 1; see Hub.settle).
+        self.polls = 0
         self._invalidated = False
 
     def start(self) -> None:
@@ -213,6 +215,7 @@ class Feed:
         # No batch and no heartbeat (an empty batch) in this long means it stalled.
         stall_after = self._settings.feed_max_await_ms / 1000 * self._settings.stall_factor
         while True:
+            self.polls += 1
             try:
                 async with asyncio.timeout(stall_after):
                     raw = await stream.try_next()
@@ -223,6 +226,7 @@ class Feed:
                 if token is not None and token != self.token:
                     self.token = token
                     hub.advance(str(token["_data"]))
+                hub.quiet(self.polls)
                 continue
             self.token = raw["_id"]
             ev = normalise(raw)
@@ -326,7 +330,6 @@ class Feed:
             if hub.has_event(ev.id):
                 # The ring holds everything after this event: hand over to it.
                 sub.pending = None
-                sub.snapshot_versions = {}
                 hub.replay(sub, ev.id)
                 return last_token, True
         return last_token, True

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
@@ -319,8 +319,8 @@ class Connection:
 class Subscription:
     """One ``subscribe``: a connection, a collection and a compiled filter."""
 
-    __slots__ = ("collection", "conn", "fields", "filter", "floor", "index_key", "match",
-                 "pending", "prefix", "snapshot_versions", "sub")
+    __slots__ = ("collection", "conn", "fields", "filter", "floor", "horizon", "index_key",
+                 "match", "pending", "prefix", "shown", "sub")
 
     def __init__(self, conn: Connection, sub: str, collection: str,
                  filter: Mapping[str, Any]) -> None:
@@ -338,7 +338,10 @@ class Subscription:
         self.index_key = _index_key(self.filter)
         #: Events held back while a snapshot is read (None once live).
         self.pending: deque[tuple[str, Event]] | None = None
-        self.snapshot_versions: dict[Any, int] = {}
+        #: After a snapshot, until live: the documents it showed by key, and the
+        #: cluster time its read finished at (None if unknown).
+        self.shown: Mapping[Any, Mapping[str, Any]] | None = None
+        self.horizon: tuple[int, int] | None = None
         #: After a catch-up: events at or before this cluster time were delivered.
         self.floor: tuple[int, int] | None = None
 
@@ -404,31 +407,50 @@ class Subscription:
             self.send(op, ev)
 
     def go_live(self) -> int:
-        """Flush events held back during the snapshot and deliver live from now on.
+        """Flush the events held back and deliver live from now on.
 
-        Events already reflected in the snapshot (same or older ``_version`` of
-        a document it contained) are skipped. Returns how many were sent.
+        After a catch-up, events at or before ``floor`` are skipped. After a
+        snapshot, an event the snapshot already shows is skipped: for each
+        document, the held events up to the last one (at or before ``horizon``)
+        whose outcome is the state the snapshot shows, so a delete and re-insert,
+        or a read that saw some of a document's changes and not others, ends in
+        the database's state with nothing sent twice. Returns how many were sent.
         """
         pending = self.pending
-        sent = 0
         if pending is None:
             return 0
-        versions = self.snapshot_versions
+        self.pending = None
         floor = self.floor
-        while pending:
-            op, ev = pending.popleft()
-            if floor is not None and ev.ct <= floor:
+        held = [(op, ev) for op, ev in pending if floor is None or ev.ct > floor]
+        shown = self.shown
+        upto = {} if shown is None else _shown_upto(held, shown, self.horizon)
+        self.shown = self.horizon = None
+        sent = 0
+        for i, (op, ev) in enumerate(held):
+            if i <= upto.get(ev.key, -1):
                 continue
-            if op != "delete" and op != "leave":
-                seen = versions.get(ev.key)
-                version = ev.version
-                if seen is not None and version is not None and version <= seen:
-                    continue
             self.send(op, ev)
             sent += 1
-        self.pending = None
-        self.snapshot_versions = {}
         return sent
+
+
+def _shown_upto(held: Sequence[tuple[str, Event]], shown: Mapping[Any, Mapping[str, Any]],
+                horizon: tuple[int, int] | None) -> dict[Any, int]:
+    """Per document key, the index of the last held event a snapshot already shows.
+
+    The snapshot shows, for each document, its state after some prefix of the
+    changes committed up to ``horizon``: the last event whose outcome (absent
+    after ``delete``/``leave``, else the document) equals what it shows.
+    """
+    upto: dict[Any, int] = {}
+    for i, (op, ev) in enumerate(held):
+        if horizon is not None and ev.ct > horizon:
+            break  # held in commit order: the rest came after the read
+        doc = shown.get(ev.key)
+        if (doc is None) if op in ("delete", "leave") else (doc is not None
+                                                             and ev.document == doc):
+            upto[ev.key] = i
+    return upto
 
 
 def _indexable(value: Any) -> bool:
@@ -643,6 +665,11 @@ class Hub:
         #: Messages sent by connections since detached, and messages they left unsent.
         self.sent_closed = 0
         self.dropped = 0
+        #: The cluster time of the last event published.
+        self.last_ct: tuple[int, int] = (0, 0)
+        #: Subscriptions past their snapshot, waiting for the feed to pass its read:
+        #: each with the number of the feed's poll that will prove it did.
+        self._settling: dict[Subscription, int] = {}
 
     # -- subscriptions -------------------------------------------------------
     def add(self, subscription: Subscription) -> None:
@@ -654,6 +681,7 @@ class Hub:
 
     def remove(self, subscription: Subscription) -> None:
         """Stop routing events to ``subscription``."""
+        self._settling.pop(subscription, None)
         subs = self._by_collection.get(subscription.collection)
         if subs is not None:
             if subs.pop(id(subscription), None) is not None:
@@ -663,6 +691,39 @@ class Hub:
                 self._indexes.pop(subscription.collection, None)
         if subscription.conn.subscriptions.get(subscription.sub) is subscription:
             del subscription.conn.subscriptions[subscription.sub]
+
+    def settle(self, subscription: Subscription, shown: Mapping[Any, Mapping[str, Any]],
+               horizon: tuple[int, int] | None, poll: int) -> None:
+        """Take ``subscription`` live once the feed has passed its snapshot's read.
+
+        The feed may still be behind the read: an event the snapshot shows can
+        come after it. Events stay held back until one committed after
+        ``horizon`` is published, or the feed's poll number ``poll`` (begun after
+        the read) comes back empty (:meth:`quiet`); :meth:`Subscription.go_live`
+        then skips what the snapshot shows.
+        """
+        subscription.shown = shown
+        subscription.horizon = horizon
+        if horizon is not None and self.last_ct > horizon:
+            subscription.go_live()
+        else:
+            self._settling[subscription] = poll
+
+    def quiet(self, poll: int) -> None:
+        """The feed's poll number ``poll`` returned no event: it has caught up."""
+        settling = self._settling
+        for subscription, needed in list(settling.items()):
+            if needed <= poll:
+                del settling[subscription]
+                subscription.go_live()
+
+    def _settle(self, ct: tuple[int, int]) -> None:
+        settling = self._settling
+        for subscription in list(settling):
+            horizon = subscription.horizon
+            if horizon is not None and ct > horizon:
+                del settling[subscription]
+                subscription.go_live()
 
     def attach(self, conn: Connection) -> None:
         """Register a connection (for shutdown, metrics and batched writes)."""
@@ -700,6 +761,9 @@ class Hub:
         self._ids[ev.id] = ev.seq
         self.position = ev.id
         self.events += 1
+        self.last_ct = ev.ct
+        if self._settling:
+            self._settle(ev.ct)
         by_id = self._by_collection.get(ev.collection)
         if not by_id:
             return

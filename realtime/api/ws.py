@@ -185,34 +185,32 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
         hub.add(sub)
         return
 
-    # Snapshot then live: hold events back from the head on, read, send, flush.
+    # Snapshot then live: hold events back from the head on, read, send, then go
+    # live once the feed has passed the read (the hub skips what the snapshot shows).
     sub.pending = deque()
     head = hub.head()
     hub.add(sub)
     conn.send(protocol.render_subscribed(msg.sub, head))
-    documents: list[str] = []
-    versions: dict[Any, int] = {}
     try:
-        cursor = services.db.collection(msg.collection).find(
-            query.to_mongo(sub.filter), sort=[("_id", 1)], limit=msg.limit,
-            batch_size=min(msg.limit, 1000))
-        async for doc in cursor:
-            if tenant is not None and not tenant.owns(doc):
-                continue
-            documents.append(dumps_str(doc))
-            version = doc.get("_version")
-            if isinstance(version, int):
-                versions[key_to_json(doc.get("_id"))] = version
+        docs, horizon = await services.db.collection(msg.collection).snapshot(
+            query.to_mongo(sub.filter), sort=[("_id", 1)], limit=msg.limit)
     except RealtimeError as exc:
         hub.remove(sub)
         conn.send(protocol.render_error(protocol.ErrorCode.INTERNAL,
                                         f"snapshot failed: {exc.detail}", msg.sub))
         return
+    poll = services.feed.polls + 1  # the feed's first read to begin after this one
     if conn.subscriptions.get(msg.sub) is not sub:
         return  # unsubscribed or closed meanwhile
-    sub.snapshot_versions = versions
+    documents: list[str] = []
+    shown: dict[Any, Mapping[str, Any]] = {}
+    for doc in docs:
+        if tenant is not None and not tenant.owns(doc):
+            continue
+        documents.append(dumps_str(doc))
+        shown[key_to_json(doc.get("_id"))] = doc
     conn.send(protocol.render_snapshot(msg.sub, documents, head))
-    sub.go_live()
+    hub.settle(sub, shown, horizon, poll)
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str,

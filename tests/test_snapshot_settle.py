@@ -1,0 +1,159 @@
+"""Snapshot then live, sans I/O: the hub skips exactly what a snapshot already shows.
+
+The feed can lag behind a snapshot's read: changes the snapshot shows may be
+published after it was sent. The hub holds a subscription's events until the
+feed has passed the read (an event committed after it, or an empty poll begun
+after it) and drops, per document, the held changes the snapshot reflects.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from bson import Timestamp
+
+from realtime.events import Event, normalise
+from realtime.hub import Connection, Hub, Subscription
+
+Doc = dict[str, Any]
+
+
+class Recorder(Subscription):
+    """A subscription that records what it sends as ``(op, key, _version)``."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn, "s", "c", {"open": True})
+        self.sent: list[tuple[str, Any, Any]] = []
+
+    def send(self, op: str, ev: Event) -> None:
+        self.sent.append((op, ev.key, (ev.document or {}).get("_version")))
+
+
+def change(t: int, op: str, key: str, doc: Doc | None = None, before: Doc | None = None,
+           coll: str = "c") -> Event:
+    raw: Doc = {"_id": {"_data": f"{t:032x}"}, "operationType": op,
+                "ns": {"db": "b", "coll": coll}, "documentKey": {"_id": key},
+                "clusterTime": Timestamp(100, t)}
+    if doc is not None:
+        raw["fullDocument"] = {"_id": key, **doc}
+    if before is not None:
+        raw["fullDocumentBeforeChange"] = {"_id": key, **before}
+    if op == "update":
+        assert doc is not None
+        assert before is not None
+        raw["updateDescription"] = {"updatedFields": doc,
+                                    "removedFields": [f for f in before if f not in doc]}
+    ev = normalise(raw)
+    assert ev is not None
+    return ev
+
+
+def subscribed() -> tuple[Hub, Recorder]:
+    async def send_async(message: str) -> None:
+        raise AssertionError("the recorder sends nothing")
+
+    conn = Connection(send_async=send_async, close=lambda code, reason: None,
+                      max_backlog=100)
+    hub = Hub()
+    sub = Recorder(conn)
+    sub.pending = deque()
+    hub.add(sub)
+    return hub, sub
+
+
+def shown(*docs: Doc) -> dict[Any, Doc]:
+    return {d["_id"]: d for d in docs}
+
+
+A1 = {"_id": "a", "_version": 1, "open": True}
+A2 = {"_id": "a", "_version": 2, "open": True, "n": 2}
+
+
+def test_a_change_the_snapshot_shows_is_not_sent_when_the_feed_brings_it_late() -> None:
+    hub, sub = subscribed()
+    # The read finished at t=5 and showed a@1; the feed has not published a@1 yet.
+    hub.settle(sub, shown(A1), horizon=(100, 5), poll=7)
+    hub.publish(change(4, "insert", "a", {"_version": 1, "open": True}))
+    assert sub.sent == []  # held: the feed has not passed the read
+    hub.publish(change(6, "update", "a", {"_version": 2, "open": True, "n": 2},
+                       before={"_version": 1, "open": True}))
+    assert sub.sent == [("update", "a", 2)]
+    hub.publish(change(7, "delete", "a", before={"_version": 2, "open": True, "n": 2}))
+    assert sub.sent == [("update", "a", 2), ("delete", "a", None)]  # live from now on
+
+
+def test_a_delete_and_reinsert_before_the_read_leaves_the_document_shown() -> None:
+    hub, sub = subscribed()
+    sub.deliver(change(3, "delete", "a", before={"_version": 4, "open": True}))
+    sub.deliver(change(4, "insert", "a", {"_version": 1, "open": True}))
+    hub.settle(sub, shown(A1), horizon=(100, 5), poll=7)
+    hub.publish(change(9, "insert", "b", {"_version": 1, "open": True}))
+    # Sending the delete would remove the document the snapshot shows, for good.
+    assert sub.sent == [("insert", "b", 1)]
+
+
+def test_changes_the_read_did_not_see_are_sent_in_order() -> None:
+    hub, sub = subscribed()
+    # The read saw a@1 only; a@2 and the insert of b committed before the read
+    # finished but after it passed those documents.
+    sub.deliver(change(2, "insert", "a", {"_version": 1, "open": True}))
+    sub.deliver(change(3, "update", "a", {"_version": 2, "open": True, "n": 2},
+                       before={"_version": 1, "open": True}))
+    sub.deliver(change(4, "insert", "b", {"_version": 1, "open": True}))
+    hub.settle(sub, shown(A1), horizon=(100, 5), poll=7)
+    hub.publish(change(6, "insert", "c", {"_version": 1, "open": True}))
+    assert sub.sent == [("update", "a", 2), ("insert", "b", 1), ("insert", "c", 1)]
+
+
+def test_leaving_and_deleted_documents_the_snapshot_omits_are_not_sent() -> None:
+    hub, sub = subscribed()
+    sub.deliver(change(2, "update", "a", {"_version": 3, "open": False},
+                       before={"_version": 2, "open": True}))
+    sub.deliver(change(3, "delete", "b", before={"_version": 1, "open": True}))
+    hub.settle(sub, shown(), horizon=(100, 5), poll=7)
+    hub.quiet(7)
+    assert sub.sent == []
+    assert sub.pending is None  # live
+
+
+def test_without_later_events_an_empty_poll_begun_after_the_read_takes_it_live() -> None:
+    hub, sub = subscribed()
+    hub.settle(sub, shown(), horizon=(100, 5), poll=7)
+    hub.publish(change(5, "insert", "b", {"_version": 1, "open": True}))
+    hub.quiet(6)  # began before the read finished: proves nothing
+    assert sub.sent == []
+    assert sub.pending is not None
+    hub.quiet(7)
+    assert sub.sent == [("insert", "b", 1)]
+    hub.publish(change(8, "insert", "d", {"_version": 1, "open": True}))
+    assert sub.sent == [("insert", "b", 1), ("insert", "d", 1)]
+
+
+def test_an_unknown_read_time_waits_for_the_empty_poll() -> None:
+    hub, sub = subscribed()
+    hub.settle(sub, shown(A2), horizon=None, poll=3)
+    hub.publish(change(9, "update", "a", {"_version": 2, "open": True, "n": 2},
+                       before={"_version": 1, "open": True}))
+    assert sub.sent == []
+    hub.quiet(3)
+    assert sub.sent == []  # shown already
+
+
+def test_a_feed_already_past_the_read_goes_live_at_once() -> None:
+    hub, sub = subscribed()
+    hub.publish(change(8, "insert", "z", {"_version": 1}, coll="other"))
+    hub.settle(sub, shown(), horizon=(100, 5), poll=7)
+    assert sub.pending is None
+    hub.publish(change(9, "insert", "b", {"_version": 1, "open": True}))
+    assert sub.sent == [("insert", "b", 1)]
+
+
+def test_removing_a_settling_subscription_forgets_it() -> None:
+    hub, sub = subscribed()
+    hub.settle(sub, shown(), horizon=(100, 5), poll=7)
+    hub.remove(sub)
+    hub.quiet(7)
+    assert sub.pending is not None  # never taken live after removal
