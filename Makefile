@@ -41,8 +41,12 @@ pytest: $(VENV)/.dev-installed
 DRIVER_BLIND := test_codec.py test_protocol.py test_query.py test_query_property.py \
                 test_server.py test_snapshot_settle.py test_deploy.py test_bench.py test_run.py \
                 test_driver.py e2e
+# PyMongo 4.20's asyncio client was once seen (in CI, not reproduced since) to leave
+# two idle pooled connections to the garbage collector after closing, which then
+# failed whichever later test the collection ran in: in this pass an unclosed
+# socket or transport is not an error. The Motor pass keeps every warning an error.
 pytest-pymongo: $(VENV)/.dev-installed
-	REALTIME_DRIVER=pymongo $(BIN)/pytest $(XDIST) \
+	REALTIME_DRIVER=pymongo $(BIN)/pytest $(XDIST) -W "ignore:unclosed:ResourceWarning" \
 	    $(addprefix --ignore=tests/,$(DRIVER_BLIND)) $(PYTEST_ARGS)
 
 test: lint types pytest pytest-pymongo
