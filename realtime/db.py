@@ -54,6 +54,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
+from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from realtime.config import Settings
@@ -317,15 +318,17 @@ class Collection:
 
         The time is the ``operationTime`` of the last reply, read in an explicit
         session: every change the documents show has a cluster time at or
-        before it (None if the server gave none).
+        before it (None if the server gave none). The read concern is
+        ``majority``, like change streams: a document shows no change the
+        stream could still be waiting to see committed.
         """
-        client = self._coll.database.client
+        coll = self._coll.with_options(read_concern=ReadConcern("majority"))
         docs: list[dict[str, Any]] = []
         async with _translated():
-            started = client.start_session(causal_consistency=False)
+            started = coll.database.client.start_session(causal_consistency=False)
             session = await started if asyncio.iscoroutine(started) else started
             async with session:
-                cursor = self._coll.find(query, sort=list(sort), limit=limit,
+                cursor = coll.find(query, sort=list(sort), limit=limit,
                                          batch_size=min(limit, 1000) if limit else 1000,
                                          session=session)
                 try:
