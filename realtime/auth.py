@@ -396,8 +396,10 @@ class Authenticator:
             if not isinstance(raw_tenant, str) or not raw_tenant or len(raw_tenant) > 256:
                 raise Unauthenticated("the token's tenant claim is not a non-empty string")
             tenant = Tenant(self._tenant_field, raw_tenant)
+        # Whole seconds, as PyJWT checks ``exp`` (int(exp)): the socket closes at the
+        # moment a new connection with this token starts being refused.
         exp = claims.get("exp")
-        expires = float(exp) + settings.jwt_leeway_seconds if isinstance(exp, int | float) \
+        expires = int(exp) + settings.jwt_leeway_seconds if isinstance(exp, int | float) \
             else None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:

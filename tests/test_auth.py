@@ -258,6 +258,11 @@ def test_jwt_hs256_claims() -> None:
     now = int(time.time())
     # Clock skew: 5 s past exp is within the 10 s leeway, 60 s is not.
     assert auth.authenticate(hs256({**good, "exp": now - 5})).expires == pytest.approx(now + 5)
+    # A fractional exp expires at its whole second, as PyJWT refuses it from then on.
+    fractional = auth.authenticate(hs256({**good, "exp": now + 100.9}))
+    assert fractional.expires == now + 110
+    assert auth.expired(fractional, now=now + 110)
+    assert not auth.expired(fractional, now=now + 109.99)
     cases: dict[str, str] = {
         "expired": hs256({**good, "exp": now - 60}),
         "not valid yet": hs256({**good, "nbf": now + 60}),
