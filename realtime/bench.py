@@ -878,6 +878,36 @@ class DbWriter:
         return log
 
 
+async def insert_floor(uri: str, database: str, driver: str, rate: float,
+                      count: int) -> dict[str, float | None]:
+    """Latency of ``insert_one`` straight into the database, one at a time at ``rate``.
+
+    The floor under a REST write at that pace: the same driver and write concern
+    as the server, without HTTP or realtime in the path. (An idle gap slows a
+    round trip to SecantusDB: paced inserts are slower than back-to-back ones.)
+    """
+    from realtime.config import Settings
+    from realtime.db import Database
+
+    settings = Settings(mongodb_uri=uri, database=database,
+                        driver="pymongo" if driver == "pymongo" else "motor")
+    db = Database(settings, uri)
+    collection = db.collection("insert_floor")
+    took: list[float] = []
+    try:
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t = time.perf_counter_ns()
+            await collection.insert_one({"seq": i})
+            took.append((time.perf_counter_ns() - t) / 1e6)
+    finally:
+        await db.close()
+    return percentiles(took)
+
+
 # ---------------------------------------------------------------------------
 # Profiling
 
@@ -1046,7 +1076,7 @@ async def scenario_latency(opts: Options) -> dict[str, Any]:
                 db = await stack.database()
                 database = f"bench_{uuid.uuid4().hex[:8]}"
                 server = await stack.realtime(db.uri, database, {"REALTIME_DRIVER": drv})
-                await _latency_size(opts, stack, db, server, drv, n, rates, runs)
+                await _latency_size(opts, stack, db, database, server, drv, n, rates, runs)
                 await server.stop()
                 await asyncio.to_thread(db.stop)
     finally:
@@ -1057,8 +1087,9 @@ async def scenario_latency(opts: Options) -> dict[str, Any]:
     return data
 
 
-async def _latency_size(opts: Options, stack: Stack, db: Any, server: Child, driver: str,
-                        n: int, rates: Sequence[int], runs: list[dict[str, Any]]) -> None:
+async def _latency_size(opts: Options, stack: Stack, db: Any, database: str, server: Child,
+                        driver: str, n: int, rates: Sequence[int],
+                        runs: list[dict[str, Any]]) -> None:
     collection = f"lat{n}{driver}"
     sub = orjson.dumps({"op": "subscribe", "sub": "s", "collection": collection}).decode()
     sample = spread(n, SAMPLED_CONNECTIONS)
@@ -1068,6 +1099,11 @@ async def _latency_size(opts: Options, stack: Stack, db: Any, server: Child, dri
     seq = 0
     try:
         for rate in rates:
+            # The database's own insert at this pace (none at 500/s: one insert at
+            # a time cannot keep that pace here), before the subscribers load it.
+            floor = (await insert_floor(db.uri, database, driver, rate,
+                                        30 if opts.quick else min(300, rate * 3))
+                     if rate <= 100 else percentiles([]))
             # Warm up (connection pools, caches), then measure.
             warm = 10 if opts.quick else 20
             await load.settle(quiet=0.5)
@@ -1096,6 +1132,7 @@ async def _latency_size(opts: Options, stack: Stack, db: Any, server: Child, dri
                 "write_rate": round(log.rate(), 1),
                 "writer_max_late_ms": round(log.max_late_ms, 2),
                 "rest_ack_ms": percentiles(_ms(log.acked[s] - log.sent[s] for s in log.acked)),
+                "db_insert_ms": floor,
                 "expected": expected, "delivered": report.total,
                 "complete": complete and report.total == expected,
                 "deliveries_per_s": round(report.rate(), 1),
@@ -1128,11 +1165,14 @@ def _latency_table(runs: list[dict[str, Any]]) -> str:
              "through SecantusDB (in memory) and one change stream. writes/s is the rate the "
              "REST API took (below the target rate when the server could not keep up); "
              "ack → received is the part after the writer got its 201 (negative: the change "
-             "arrived first), i.e. without the REST request's own queueing.", "",
+             "arrived first), i.e. without the REST request's own queueing. DB insert "
+             "alone is the floor under the REST write: `insert_one` straight into the "
+             "database at the same pace, one at a time, before the subscribers connect.", "",
              "| driver | subscribers | writes/s | deliveries/s | p50 ms | p90 ms | p99 ms "
-             "| max ms | delivered / expected | REST ack p50 ms | ack → received p50 / p99 ms "
-             "| server cores | client cores | other load (cores) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| max ms | delivered / expected | REST ack p50 ms | DB insert alone p50 ms "
+             "| ack → received p50 / p99 ms | server cores | client cores "
+             "| other load (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         lat = r["sent_to_received_ms"]
         lines.append(
@@ -1141,6 +1181,7 @@ def _latency_table(runs: list[dict[str, Any]]) -> str:
             f"| {_fmt(lat['p50'], 2)} | {_fmt(lat['p90'], 2)} | {_fmt(lat['p99'], 2)} "
             f"| {_fmt(lat['max'], 1)} | {r['delivered']:,} / {r['expected']:,} "
             f"| {_fmt(r['rest_ack_ms']['p50'], 2)} "
+            f"| {_fmt((r.get('db_insert_ms') or {}).get('p50'), 2)} "
             f"| {_fmt(r['acked_to_received_ms']['p50'], 1)} / "
             f"{_fmt(r['acked_to_received_ms']['p99'], 1)} | {r['cpu']['cores']['server']:.2f} "
             f"| {sum(r['client_cores']):.2f}{' (saturated)' if r['client_saturated'] else ''} "
