@@ -26,6 +26,13 @@ from realtime.db import Database
 from realtime.embedded import EmbeddedServer, free_port
 from realtime.errors import DatabaseUnavailable, DuplicateKey, HistoryLost
 from tests.conftest import running_app
+from tests.helpers import until
+
+
+def _driver_tasks() -> list[asyncio.Task[Any]]:
+    """Unfinished tasks running PyMongo's code (its monitors and connection attempts)."""
+    return [t for t in asyncio.all_tasks()
+            if not t.done() and "pymongo" in repr(t.get_coro())]
 
 DRIVERS = ["motor", "pymongo"]
 PACKAGE = Path(__file__).resolve().parent.parent / "realtime"
@@ -167,7 +174,7 @@ async def test_unreachable_database_is_unavailable(driver: str) -> None:
         # cancelled by close() (the cancelled task's traceback keeps it): drop the
         # client and collect the socket here rather than in a later test.
         del database
-        await asyncio.sleep(0.1)
+        await until(lambda: not _driver_tasks(), 5, "the driver's tasks to end")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
