@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -122,6 +123,8 @@ class EmbeddedServer:
             stderr=self._log or subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # Readiness is realtime's to announce (server.notify_ready), not a child's.
+            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
         )
 
     def _accepting(self) -> bool:

@@ -28,7 +28,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import signal
+import socket
+from collections.abc import Mapping
 from types import FrameType, GeneratorType
 from typing import Any
 
@@ -43,7 +46,7 @@ from realtime.config import Settings
 from realtime.protocol import text_frame
 
 __all__ = ["WRITABLE_EXTENSION", "Flag", "FrameWriter", "Inbox", "RealtimeServer",
-           "RealtimeWebSocketProtocol", "make_server", "wait_started"]
+           "RealtimeWebSocketProtocol", "make_server", "notify_ready", "wait_started"]
 
 log = logging.getLogger("realtime.server")
 
@@ -298,12 +301,46 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
 
-class RealtimeServer(uvicorn.Server):
-    """uvicorn's server, exiting with status 0 after a graceful SIGTERM/SIGINT stop.
+def notify_ready(environ: Mapping[str, str] = os.environ) -> bool:
+    """Send ``READY=1`` to ``$NOTIFY_SOCKET`` (systemd's readiness protocol), if set.
 
-    (uvicorn re-raises the captured signal after shutting down, so the process
-    would report death by signal although it stopped cleanly.)
+    Returns whether it was sent; a socket that cannot be reached is logged, not
+    fatal (the server serves either way).
     """
+    path = environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # @: abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"READY=1", address)
+        except OSError as exc:
+            log.warning("cannot notify readiness to NOTIFY_SOCKET %s: %s", path, exc)
+            return False
+    return True
+
+
+class RealtimeServer(uvicorn.Server):
+    """uvicorn's server: announces when it listens, exits 0 after a graceful stop.
+
+    Once it listens, the app's lifespan has opened the change stream (``/readyz``
+    answers 200): :attr:`listening` is set and, under a supervisor that sets
+    ``NOTIFY_SOCKET`` (systemd ``Type=notify``), ``READY=1`` is sent. uvicorn
+    re-raises the captured signal after shutting down, so without
+    :meth:`handle_exit` the process would report death by signal although it
+    stopped cleanly.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        #: Set once the server listens.
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+            notify_ready()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -315,7 +352,7 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> uvicorn.Server:
+def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> RealtimeServer:
     """A uvicorn server for ``app`` configured from ``settings``."""
     config = uvicorn.Config(
         app,
@@ -335,18 +372,24 @@ def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> uvic
     return RealtimeServer(config)
 
 
-async def wait_started(server: uvicorn.Server, task: asyncio.Task[None], timeout: float) -> int:
+async def wait_started(server: RealtimeServer, task: asyncio.Task[None], timeout: float) -> int:
     """Wait until ``server`` listens; return its port (useful with port 0).
 
     Raises:
-        RuntimeError: the server task ended or did not start in time.
+        RuntimeError: the server task ended during start-up.
+        TimeoutError: it did not listen within ``timeout`` seconds.
     """
-    async with asyncio.timeout(timeout):
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped during start-up")
-            await asyncio.sleep(0.01)
+    listening = asyncio.ensure_future(server.listening.wait())
+    try:
+        await asyncio.wait({listening, task}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listening.cancel()
+    if not server.listening.is_set():
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        raise TimeoutError(f"the server did not listen within {timeout} s")
     sockets = [s for srv in server.servers for s in (srv.sockets or ())]
     port: int = sockets[0].getsockname()[1]
     return port

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -109,6 +113,47 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float,
         raise TimeoutError(f"{what} not reached in {timeout} s") from None
 
 
+class Readiness:
+    """A ``NOTIFY_SOCKET`` on which a server started with it says ``READY=1``.
+
+    ``realtime serve`` sends it once it listens with the change stream open
+    (systemd's readiness protocol): waiting for that datagram, or for the
+    process to exit, is waiting for the event itself.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="realtime-notify-")
+        self.path = os.path.join(self._dir, "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Block until ``READY=1`` arrives.
+
+        Raises:
+            RuntimeError: ``proc`` exited first.
+            TimeoutError: neither within ``timeout`` seconds.
+        """
+        exited = os.pidfd_open(proc.pid)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                readable = select.select([self._sock, exited], [], [], max(0.0, left))[0]
+                if self._sock in readable and self._sock.recv(256) == b"READY=1":
+                    return
+                if exited in readable:
+                    raise RuntimeError(f"server exited with {proc.wait()}")
+                if not readable:
+                    raise TimeoutError(f"server not ready within {timeout} s")
+        finally:
+            os.close(exited)
+
+    def close(self) -> None:
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class ServerProcess:
     """``python -m realtime serve`` as a real subprocess."""
 
@@ -119,6 +164,7 @@ class ServerProcess:
         self.cwd = cwd
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+        self._readiness: Readiness | None = None
 
     @property
     def url(self) -> str:
@@ -129,22 +175,30 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def spawn(self) -> None:
+        self._close_readiness()
+        self._readiness = Readiness()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "realtime", "serve", "--log-level", "warning", *self.args],
-            env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            env={**self.env, "NOTIFY_SOCKET": self._readiness.path}, cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
         )
 
+    def ready(self, timeout: float = 30.0) -> None:
+        """Block until the spawned server says it is ready (or raise if it exits)."""
+        assert self.proc is not None
+        assert self._readiness is not None
+        try:
+            self._readiness.wait(self.proc, timeout)
+        finally:
+            self._close_readiness()
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        async with httpx.AsyncClient(timeout=2) as http:
-            async def ready() -> bool:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}")
-                try:
-                    return (await http.get(f"{self.url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-            await wait_until(ready, timeout, "server ready")
+        await asyncio.to_thread(self.ready, timeout)
+
+    def _close_readiness(self) -> None:
+        if self._readiness is not None:
+            self._readiness.close()
+            self._readiness = None
 
     async def start(self, timeout: float = 30.0) -> ServerProcess:
         self.spawn()
@@ -153,11 +207,13 @@ class ServerProcess:
 
     def terminate(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
+        self._close_readiness()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
+        self._close_readiness()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

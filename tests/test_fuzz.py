@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -56,23 +55,6 @@ PARSER_REJECTED: list[str] = []
 # ------------------------------------------------------------------------ REST
 
 
-def _wait_ready(url: str, proc: ServerProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2) as http:
-        while True:
-            assert proc.proc is not None
-            if proc.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.proc.returncode}")
-            try:
-                if http.get(f"{url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fuzzed server did not become ready")
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def fuzz_server(mongo: EmbeddedServer) -> Iterator[str]:
     """``realtime serve`` in mode apikey: one admin key bound to tenant ``fuzz``."""
@@ -87,7 +69,7 @@ def fuzz_server(mongo: EmbeddedServer) -> Iterator[str]:
     }, port=free_port())
     server.spawn()
     try:
-        _wait_ready(server.url, server)
+        server.ready()
         yield server.url
     finally:
         assert server.terminate() == 0

@@ -9,7 +9,7 @@ import pymongo
 
 from realtime.embedded import EmbeddedServer
 from tests.conftest import LiveServer
-from tests.helpers import until, ws_client
+from tests.helpers import ws_client
 
 DOCS = "/api/collections/{}/documents"
 
@@ -43,7 +43,7 @@ async def test_drop_database_invalidates_and_the_feed_restarts_after_it(
         client.close()
         reasons = {(await c.expect("resync"))["reason"]}
         assert reasons == {"invalidated"}
-        await until(lambda: feed.live, 15, "feed live after invalidate")
+        await feed.wait_live(15)
         r = await http.post(DOCS.format("items"), json={"_id": "after"})
         assert r.status_code == 201, r.text
         while True:  # a second resync (drop + invalidate) may precede it

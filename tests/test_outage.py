@@ -65,7 +65,8 @@ async def test_database_outage(tmp_path: Path, settings: Settings,
         async def ready() -> bool:
             return (await c.get("/readyz")).status_code == 200
 
-        await wait_until(ready, 30, "/readyz 200 before the outage")
+        await app.state.services.feed.wait_live(30)  # (the lifespan waited for it)
+        assert await ready(), "/readyz 200 before the outage"
 
         # Acknowledged writes of every kind.
         expected: dict[str, dict[str, Any]] = {}

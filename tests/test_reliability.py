@@ -177,7 +177,7 @@ async def crash_cycles(tmp_path: Path, settings: Settings, cycles: int) -> None:
                     acked_then = len(acked)
                     await until(lambda a=acked_then: len(acked) > a, 30,
                                      "writes after restart")
-                    await until(lambda: feed.live, 30, "feed live again")
+                    await feed.wait_live(30)
                     recoveries.append(time.monotonic() - down_at)
             finally:
                 stop.set()
@@ -242,7 +242,7 @@ async def test_non_resumable_getmore_failure_resyncs(tmp_path: Path,
                                  "appName": "realtime"}):
             resync = await c.expect("resync", timeout=15)
         assert resync == {"type": "resync", "sub": "s", "reason": "history_lost"}
-        await until(lambda: feed.live, 15, "feed live again")
+        await feed.wait_live(15)
         await http.post(DOCS.format("fp"), json={"_id": "after"})
         assert keys_of(await c.drain_until_marker(http)) == ["after"]
         assert feed.restarts >= 1

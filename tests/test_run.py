@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from realtime.embedded import free_port
-from tests.helpers import ServerProcess, wait_until, ws_client
+from tests.helpers import Readiness, ServerProcess, wait_until, ws_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,20 +40,20 @@ async def gone(marker: str, timeout: float) -> None:
 async def test_make_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "make-run-data"
-    env = {**os.environ, "REALTIME_PORT": str(port), "REALTIME_DATA_DIR": str(data)}
+    readiness = Readiness()
+    env = {**os.environ, "REALTIME_PORT": str(port), "REALTIME_DATA_DIR": str(data),
+           "NOTIFY_SOCKET": readiness.path}
     env.pop("REALTIME_MONGODB_URI", None)
     proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env,
                             start_new_session=True, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            async def ready() -> bool:
-                assert proc.poll() is None, "make run exited"
-                try:
-                    return (await http.get("/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-            await wait_until(ready, 120, "make run ready")
+            try:  # (make run installs the package first on a fresh checkout)
+                await asyncio.to_thread(readiness.wait, proc, 120)
+            finally:
+                readiness.close()
+            assert (await http.get("/readyz")).status_code == 200
             assert processes_using(str(data)), "embedded database not running"
             r = await http.post("/api/collections/notes/documents", json={"_id": "n1", "t": "hi"})
             assert r.status_code == 201, r.text
