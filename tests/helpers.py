@@ -293,6 +293,16 @@ class RawClient:
         self.sock.close()
 
 
+async def notified(condition: asyncio.Condition, predicate: Callable[[], bool], timeout: float,
+                   what: str = "condition") -> None:
+    """Wait until ``predicate`` holds, rechecked whenever ``condition`` is notified."""
+    try:
+        async with asyncio.timeout(timeout), condition:
+            await condition.wait_for(predicate)
+    except TimeoutError:
+        raise TimeoutError(f"{what} not reached in {timeout} s") from None
+
+
 async def until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
     """Wait until a condition on in-process state holds (polled; no fixed sleeps)."""
     async def check() -> bool:

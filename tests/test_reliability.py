@@ -24,7 +24,7 @@ from realtime.db import is_transient, token_time
 from realtime.embedded import EmbeddedServer
 from realtime.feed import Backoff
 from tests.conftest import LiveServer, live_server
-from tests.helpers import WSClient, server_process, until, ws_client
+from tests.helpers import WSClient, notified, server_process, until, ws_client
 
 DOCS = "/api/collections/{}/documents"
 
@@ -138,6 +138,7 @@ async def crash_cycles(tmp_path: Path, settings: Settings, cycles: int) -> None:
             attempted: list[str] = []
             unavailable = 0
             stop = asyncio.Event()
+            progress = asyncio.Condition()  # notified after every write
 
             async def writer() -> None:
                 nonlocal unavailable
@@ -159,6 +160,8 @@ async def crash_cycles(tmp_path: Path, settings: Settings, cycles: int) -> None:
                         assert r.headers["retry-after"]
                         assert r.headers["content-type"] == "application/problem+json"
                         unavailable += 1
+                    async with progress:
+                        progress.notify_all()
                     await asyncio.sleep(interval)
 
             task = asyncio.create_task(writer())
@@ -166,17 +169,18 @@ async def crash_cycles(tmp_path: Path, settings: Settings, cycles: int) -> None:
             try:
                 for _ in range(cycles):
                     before = len(acked)
-                    await until(lambda b=before: len(acked) > b + 20, 30, "writes")
+                    await notified(progress, lambda b=before: len(acked) > b + 20, 30,
+                                   "writes")
                     db.kill()  # kill -9 mid-stream
                     seen_503 = unavailable
-                    await until(lambda s3=seen_503: unavailable > s3, 30, "a 503")
+                    await notified(progress, lambda s3=seen_503: unavailable > s3, 30, "a 503")
                     await until(lambda: feed.state.value == "retrying", 30,
                                      "feed retrying")
                     down_at = time.monotonic()
                     await asyncio.to_thread(db.start)  # same storage, same port
                     acked_then = len(acked)
-                    await until(lambda a=acked_then: len(acked) > a, 30,
-                                     "writes after restart")
+                    await notified(progress, lambda a=acked_then: len(acked) > a, 30,
+                                   "writes after restart")
                     await feed.wait_live(30)
                     recoveries.append(time.monotonic() - down_at)
             finally:
@@ -401,6 +405,7 @@ async def storm(mongo: EmbeddedServer, clients: int) -> None:
             await http.patch(f"{DOCS.format('storm')}/d{i}", json={"v": 1})
 
         ready = 0
+        all_ready = asyncio.Event()
         marker_posted = asyncio.Event()
         marker: dict[str, str] = {}
 
@@ -410,6 +415,8 @@ async def storm(mongo: EmbeddedServer, clients: int) -> None:
                 await c.subscribe("s", "storm", since=head)
                 await c.send({"op": "subscribe", "sub": "m", "collection": "markers"})
                 ready += 1
+                if ready == len(heads):
+                    all_ready.set()
                 await marker_posted.wait()
                 got = []
                 while True:
@@ -420,7 +427,7 @@ async def storm(mongo: EmbeddedServer, clients: int) -> None:
                         got.append(m)
 
         tasks = [asyncio.create_task(back(h)) for h in heads]
-        await until(lambda: ready == len(heads), 120, "all clients resubscribed")
+        await asyncio.wait_for(all_ready.wait(), 120)  # all clients resubscribed
         r = await http.post(DOCS.format("markers"), json={"m": 1})
         marker["key"] = r.json()["_id"]
         marker_posted.set()
