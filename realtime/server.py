@@ -26,7 +26,6 @@ and the receive queue and writability flag are lighter than asyncio's.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import signal
@@ -182,10 +181,7 @@ class FrameWriter:
         Raises:
             ClientDisconnected: the connection is closed or closing.
         """
-        protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected or protocol.conn.state is not State.OPEN:
-            raise ClientDisconnected()
-        protocol.transport.write(data)
+        self._protocol.write_frames(data)
 
 
 def _forget_request(conn: ServerProtocol) -> None:
@@ -267,13 +263,25 @@ class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
             ClientDisconnected: the connection is closed or closing.
         """
         conn = self.conn
-        if self.close_sent or self.disconnected or conn.state is not State.OPEN:
-            raise ClientDisconnected()
         if conn.extensions:  # e.g. permessage-deflate: websockets frames it
+            self._check_open()
             conn.send_text(text.encode())
             self.transport.write(b"".join(conn.data_to_send()))
         else:
-            self.transport.write(text_frame(text.encode()))
+            self.write_frames(text_frame(text.encode()))
+
+    def write_frames(self, data: bytes) -> None:
+        """Write ready-made frames now.
+
+        Raises:
+            ClientDisconnected: the connection is closed or closing.
+        """
+        self._check_open()
+        self.transport.write(data)
+
+    def _check_open(self) -> None:
+        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
+            raise ClientDisconnected()
 
     def close_now(self, code: int, reason: str = "") -> None:
         """Send a close frame now; drop the TCP connection if the peer does not answer."""
@@ -348,18 +356,13 @@ class RealtimeServer(uvicorn.Server):
             self._captured_signals.pop()
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> RealtimeServer:
     """A uvicorn server for ``app`` configured from ``settings``."""
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        # loop and http stay "auto": uvloop and httptools when installed (they are).
         ws=RealtimeWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.heartbeat_seconds,
