@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import islice
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from realtime import protocol, query
 from realtime.events import Event
@@ -135,9 +135,8 @@ class Connection:
         "_drainer",
         "_pending",
         "_send_async",
-        "_send_now",
-        "_sink",
         "_writable",
+        "_write",
         "close_code",
         "closed",
         "dropped",
@@ -158,19 +157,21 @@ class Connection:
         writable: Writable | None = None,
         name: str = "",
     ) -> None:
-        self._send_now = send_now if writable is not None else None
+        if writable is None:
+            send_now = None
         self._send_async = send_async
         self._writable = writable
         self._close = close
         #: Messages waiting for a paused transport (made on first use).
         self._backlog: deque[str | bytes] | None = None
         self._drainer: asyncio.Task[None] | None = None
-        #: The server's frame writer when ready-made frames are valid (see FrameSink).
-        self._sink: FrameSink | None = None
-        if self._send_now is not None and isinstance(send_now, FrameSink) and send_now.frames_ok():
-            self._sink = send_now
-        #: True if the connection takes ready-made frames (:meth:`send_frame`).
-        self.framed = self._sink is not None
+        #: True if the connection takes ready-made frames (:meth:`send_frame`): the
+        #: server's frame writer says they are valid (see FrameSink).
+        self.framed = isinstance(send_now, FrameSink) and send_now.frames_ok()
+        #: Writes one message now, while writable: ready-made frames on a framed
+        #: connection, else text. None: no synchronous writer (``send_async`` only).
+        self._write: Callable[[Any], None] | None = (
+            send_now.write if isinstance(send_now, FrameSink) and self.framed else send_now)
         #: Frames held for the hub's next batch write (framed connections only).
         self._pending: list[bytes] | None = None
         self._batch: Batch | None = None
@@ -196,7 +197,7 @@ class Connection:
         batches (a busy feed), the message is held until the batch is written
         a moment later; order is always kept.
         """
-        if self._sink is not None:
+        if self.framed:
             self.send_frame(protocol.text_frame(message.encode()))
             return
         self._send(message)
@@ -214,18 +215,16 @@ class Connection:
             if len(pending) >= MAX_BATCH:
                 self.flush()
             return
-        if (self._send_now is not None and not self._backlog
+        write = self._write
+        if (write is not None and not self._backlog
                 and self._writable is not None and self._writable.is_set()):
             batch = self._batch
-            if batch is not None and batch.active and self._sink is not None:
+            if batch is not None and batch.active and self.framed:
                 self._pending = [message]
                 batch.dirty.append(self)
                 return
             try:
-                if self._sink is not None:
-                    self._sink.write(message)
-                else:
-                    self._send_now(message)
+                write(message)
             except Exception:  # the peer is gone; the endpoint cleans up
                 self.closed = True
                 return
@@ -252,11 +251,11 @@ class Connection:
         self._pending = None
         if self.closed:
             return
-        sink = self._sink
-        if (sink is not None and not self._backlog
+        write = self._write  # (pending frames exist on framed connections only)
+        if (write is not None and not self._backlog
                 and self._writable is not None and self._writable.is_set()):
             try:
-                sink.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                write(pending[0] if len(pending) == 1 else b"".join(pending))
             except Exception:  # the peer is gone; the endpoint cleans up
                 self.closed = True
                 return
@@ -271,19 +270,13 @@ class Connection:
         backlog = self._backlog
         try:
             while backlog and not self.closed:
-                if self._send_now is not None and self._writable is not None:
+                if self._write is not None and self._writable is not None:
                     await self._writable.wait()
                     if self.closed:
                         break
-                    message = backlog.popleft()
-                    if isinstance(message, str):
-                        self._send_now(message)
-                    elif self._sink is not None:  # frames are queued by framed connections
-                        self._sink.write(message)
-                else:
-                    text = backlog.popleft()
-                    if isinstance(text, str):  # (frames only ever queue with a sink)
-                        await self._send_async(text)
+                    self._write(backlog.popleft())
+                else:  # (frames only ever queue on framed connections, which have _write)
+                    await self._send_async(cast(str, backlog.popleft()))
                 self.sent += 1
         except Exception:  # the peer is gone
             self.closed = True
@@ -773,34 +766,29 @@ class Hub:
         started = time.monotonic()
         batch.observe(started)
         ev.caching(True)
+        # Back to back with the previous event (the feed is behind), or the hub is
+        # loaded: hold the messages a moment and write each connection's in one call.
+        batching = (batch.handle is not None or batch.loaded
+                    or started - batch.last_end < BUSY_GAP)
         try:
-            if (batch.handle is None and not batch.loaded
-                    and started - batch.last_end >= BUSY_GAP):
+            batch.active = batching
+            try:
                 for subscription in subs:
                     subscription.deliver(ev)
-            else:
-                # Back to back with the previous event (the feed is behind), or the
-                # hub is loaded: hold the messages a moment and write each
-                # connection's in one call.
-                batch.active = True
-                try:
-                    for subscription in subs:
-                        subscription.deliver(ev)
-                finally:
-                    batch.active = False
-                if batch.dirty:
-                    if batch.handle is None:
-                        # The timer writes the batch if no event follows; a feed that
-                        # does not yield to the loop between events meets the bound here.
-                        delay = batch.delay
-                        if batch.loaded:  # long enough for the next event to join
-                            delay = min(MAX_BATCH_DELAY, max(delay, batch.gap))
-                        batch.opened = started
-                        batch.handle = asyncio.get_running_loop().call_later(delay,
-                                                                             self.flush)
-                    elif time.monotonic() - batch.opened >= batch.delay:
-                        # (an event arriving after the batch's own delay takes it along)
-                        self.flush()
+            finally:
+                batch.active = False
+            if batching and batch.dirty:
+                if batch.handle is None:
+                    # The timer writes the batch if no event follows; a feed that does
+                    # not yield to the loop between events meets the bound here.
+                    delay = batch.delay
+                    if batch.loaded:  # long enough for the next event to join
+                        delay = min(MAX_BATCH_DELAY, max(delay, batch.gap))
+                    batch.opened = started
+                    batch.handle = asyncio.get_running_loop().call_later(delay, self.flush)
+                elif time.monotonic() - batch.opened >= batch.delay:
+                    # (an event arriving after the batch's own delay takes it along)
+                    self.flush()
         finally:
             ev.caching(False)
         batch.last_end = time.monotonic()
