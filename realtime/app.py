@@ -22,26 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import Response
 
 from realtime import __version__
-from realtime.auth import Authenticator, Unauthenticated, install_log_redaction
+from realtime.auth import Authenticator, install_log_redaction
 from realtime.config import Settings
 from realtime.db import Database
 from realtime.embedded import EmbeddedServer
-from realtime.errors import install_handlers, problem_response
+from realtime.errors import install_handlers
 from realtime.feed import Feed
 from realtime.hub import Hub
 from realtime.limits import (
     Limits,
     SecurityCollector,
     SecurityHeadersMiddleware,
-    TooManyRequests,
-    retry_after_header,
 )
 from realtime.logs import RequestIdMiddleware
 from realtime.metrics import Metrics
@@ -125,21 +122,7 @@ async def _start_embedded(settings: Settings) -> EmbeddedServer:
 
 
 def _install_security(app: FastAPI, settings: Settings, limits: Limits) -> None:
-    """401 with ``WWW-Authenticate``, 429 with ``Retry-After``; headers, CORS, metrics."""
-
-    async def on_unauthenticated(request: Request, exc: Exception) -> Response:
-        detail = exc.detail if isinstance(exc, Unauthenticated) else "unauthenticated"
-        return problem_response(401, detail, slug="unauthenticated", instance=request.url.path,
-                                headers={"WWW-Authenticate": 'Bearer realm="realtime"'})
-
-    async def on_rate_limited(request: Request, exc: Exception) -> Response:
-        wait = exc.retry_after if isinstance(exc, TooManyRequests) else 1.0
-        detail = exc.detail if isinstance(exc, TooManyRequests) else "rate limited"
-        return problem_response(429, detail, slug="rate-limited", instance=request.url.path,
-                                headers={"Retry-After": retry_after_header(wait)})
-
-    app.add_exception_handler(Unauthenticated, on_unauthenticated)
-    app.add_exception_handler(TooManyRequests, on_rate_limited)
+    """Security headers, CORS, metrics (401 and 429 carry their headers: RealtimeError)."""
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

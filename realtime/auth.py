@@ -84,6 +84,10 @@ class Unauthenticated(RealtimeError):
     status = 401
     slug = "unauthenticated"
 
+    def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate: Bearer``."""
+        return {"WWW-Authenticate": 'Bearer realm="realtime"'}
+
 
 class Forbidden(RealtimeError):
     """Valid credentials without the scope (or tenant) for this (403 / ``forbidden``)."""

@@ -42,6 +42,10 @@ class RealtimeError(Exception):
         self.detail = detail
         self.extra = extra
 
+    def headers(self) -> dict[str, str] | None:
+        """Headers of the error's HTTP answer (none unless a subclass says)."""
+        return None
+
 
 class BadRequest(RealtimeError):
     """Malformed JSON, a bad filter, sort, cursor or parameter."""
@@ -135,7 +139,7 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
     async def on_realtime(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, RealtimeError):  # pragma: no cover
             raise exc
-        headers = None
+        headers = exc.headers()
         if isinstance(exc, DatabaseUnavailable):
             headers = {"Retry-After": str(retry_after_seconds)}
         return problem_response(exc.status, exc.detail, slug=exc.slug, headers=headers,

@@ -82,6 +82,10 @@ class TooManyRequests(RealtimeError):
         super().__init__(detail)
         self.retry_after = retry_after
 
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``: when the bucket holds a token again."""
+        return {"Retry-After": retry_after_header(self.retry_after)}
+
 
 # --------------------------------------------------------------------- buckets
 
