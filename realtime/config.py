@@ -9,10 +9,13 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from realtime.names import COLLECTION_PATTERN
+
 __all__ = ["SCOPE_PATTERN", "ApiKey", "Settings"]
 
+_COLLECTION = COLLECTION_PATTERN.removeprefix("^").removesuffix("$")
 #: A scope: ``read:<collection>``, ``write:<collection>``, ``read:*``, ``write:*`` or ``admin``.
-SCOPE_PATTERN = r"^(?:(?:read|write):(?:\*|[A-Za-z][A-Za-z0-9_-]{0,63})|admin)$"
+SCOPE_PATTERN = rf"^(?:(?:read|write):(?:\*|{_COLLECTION})|admin)$"
 _SCOPE_RE = re.compile(SCOPE_PATTERN)
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")

@@ -60,6 +60,8 @@ DASHBOARD_CSP: Final = (
 )
 #: The REST API's JSON (``/api/``): nothing may load from it, nothing may frame it.
 API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+_DASHBOARD_CSP_VALUE: Final = DASHBOARD_CSP.encode()
+_API_CSP_VALUE: Final = API_CSP.encode()
 #: Most rate-limit buckets kept; the least recently used go first (a full bucket).
 MAX_BUCKETS: Final = 100_000
 
@@ -349,9 +351,9 @@ class SecurityHeadersMiddleware:
         path: str = scope.get("path", "")
         csp: bytes | None = None
         if path == "/" or path.startswith("/static/"):
-            csp = DASHBOARD_CSP.encode()
+            csp = _DASHBOARD_CSP_VALUE
         elif path.startswith("/api/"):
-            csp = API_CSP.encode()
+            csp = _API_CSP_VALUE
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

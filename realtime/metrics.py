@@ -65,7 +65,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: The ``route`` label of a request no route matched (bounded label values).
 UNMATCHED = "<unmatched>"
 
-_FEED_STATES = ("starting", "live", "retrying", "stopped")
 
 #: Commit → sent buckets, seconds.
 DELIVERY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -159,8 +158,8 @@ class ServiceCollector(Collector):
                                 value=1 if feed.live else 0)
         state = GaugeMetricFamily("realtime_feed_state", "1 for the feed's current state.",
                                   labels=["state"])
-        for name in _FEED_STATES:
-            state.add_metric([name], 1 if feed.state.value == name else 0)
+        for each in type(feed.state):  # every FeedState, the current one 1
+            state.add_metric([each.value], 1 if feed.state is each else 0)
         yield state
         lag = feed.lag
         if lag is not None:

@@ -203,7 +203,9 @@ def _body(schema: dict[str, Any], *media: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ request bits
 
 _MEDIA = re.compile(r"^application/(?:[A-Za-z0-9.!#$&^_-]+\+)?json$")
-_ETAG = re.compile(r'^(?:W/)?(?:"([0-9]{1,18})"|([0-9]{1,18}))$')
+#: An entity tag as the server makes them: a version, quoted or not, maybe weak.
+_ETAG_VALUE = r'(?:W/)?(?:"([0-9]{1,18})"|([0-9]{1,18}))'
+_ETAG = re.compile(f"^{_ETAG_VALUE}$")
 
 
 def _check_media_type(value: str | None, *, patch: bool) -> None:
@@ -324,7 +326,7 @@ IdPath = Annotated[str, Path(
     description="A document id: 24 hex digits are an ObjectId, anything else a string.")]
 IfMatchHeader = Annotated[
     str | None,
-    Header(alias="If-Match", pattern=r'^\s*(\*|(W/)?("[0-9]{1,18}"|[0-9]{1,18}))\s*$',
+    Header(alias="If-Match", pattern=rf"^\s*(?:\*|{_ETAG_VALUE})\s*$",
            description='`"<version>"` from an ETag, or `*` (must exist).'),
 ]
 
