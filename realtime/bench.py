@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import math
 import os
 import platform
@@ -784,6 +783,8 @@ class RestWriter:
         start = time.monotonic()
         log.started_ns = time.monotonic_ns()
 
+        free = asyncio.Semaphore(self.connections)
+
         async def one(seq: int) -> None:
             t = time.monotonic_ns()
             log.sent[seq] = t
@@ -805,11 +806,11 @@ class RestWriter:
                 await asyncio.sleep(delay)
             else:
                 log.max_late_ms = max(log.max_late_ms, -delay * 1000)
-            while self._idle.empty() and len(tasks) >= self.connections:  # noqa: ASYNC110
-                await asyncio.sleep(0.0005)
+            await free.acquire()  # a connection is free (at most `connections` in flight)
             task = asyncio.get_running_loop().create_task(one(first_seq + i))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _: free.release())
         if tasks:
             await asyncio.gather(*tasks)
         log.finished_ns = time.monotonic_ns()
@@ -834,9 +835,7 @@ class DbWriter:
 
     async def close(self) -> None:
         """Close the client."""
-        closing = self.db.close()
-        if inspect.isawaitable(closing):
-            await closing
+        await self.db.close()
 
     async def run(self, count: int, rate: float | None = None, *, batch: int = 100,
                   first_seq: int = 0,
@@ -1004,6 +1003,17 @@ def latency_stats(report: LoadReport, log: WriteLog, expected_per_conn: int,
             "sampled_messages": len(seqs), "missing_sampled": missing}
 
 
+def finish_report(opts: Options, scenario: str, runs: list[dict[str, Any]],
+           table: Callable[[list[dict[str, Any]]], str],
+           chart: Callable[[list[dict[str, Any]], Path], None],
+           **extra: Any) -> dict[str, Any]:
+    """A scenario's results (the machine, ``extra``, its runs), written as a report."""
+    data = {"scenario": scenario, "quick": opts.quick, "machine": machine(), **extra,
+            "runs": runs}
+    write_report(opts, scenario, data, table(runs), lambda path: chart(runs, path))
+    return data
+
+
 def write_report(opts: Options, scenario: str, data: dict[str, Any], table: str,
                  chart: Callable[[Path], None]) -> None:
     """Write ``<scenario>.json``, ``.md`` and ``.png`` to the results directory."""
@@ -1081,10 +1091,8 @@ async def scenario_latency(opts: Options) -> dict[str, Any]:
                 await asyncio.to_thread(db.stop)
     finally:
         await stack.close()
-    data = {"scenario": "latency", "quick": opts.quick, "machine": machine(),
-            "default_driver": driver, "runs": runs}
-    write_report(opts, "latency", data, _latency_table(runs), lambda p: _latency_chart(runs, p))
-    return data
+    return finish_report(opts, "latency", runs, _latency_table, _latency_chart,
+                         default_driver=driver)
 
 
 async def _latency_size(opts: Options, stack: Stack, db: Any, database: str, server: Child,
@@ -1324,10 +1332,8 @@ async def scenario_fanout(opts: Options) -> dict[str, Any]:
             await _fanout_profile(opts, stack, db.uri, database, servers[0][2])
     finally:
         await stack.close()
-    data = {"scenario": "fanout", "quick": opts.quick, "machine": machine(),
-            "offered_messages_per_s": offered, "default_driver": driver, "runs": runs}
-    write_report(opts, "fanout", data, _fanout_table(runs), lambda p: _fanout_chart(runs, p))
-    return data
+    return finish_report(opts, "fanout", runs, _fanout_table, _fanout_chart,
+                         offered_messages_per_s=offered, default_driver=driver)
 
 
 def _template(example: str) -> str:
@@ -1556,9 +1562,7 @@ async def scenario_filters(opts: Options) -> dict[str, Any]:
                      f"deliveries/s, delivered {report.total}/{expected}; {_cpu_note(cpu)}")
     finally:
         await stack.close()
-    data = {"scenario": "filters", "quick": opts.quick, "machine": machine(), "runs": runs}
-    write_report(opts, "filters", data, _filters_table(runs), lambda p: _filters_chart(runs, p))
-    return data
+    return finish_report(opts, "filters", runs, _filters_table, _filters_chart)
 
 
 def _filters_table(runs: list[dict[str, Any]]) -> str:
@@ -1661,9 +1665,7 @@ async def scenario_idle(opts: Options) -> dict[str, Any]:
             await server.stop()
     finally:
         await stack.close()
-    data = {"scenario": "idle", "quick": opts.quick, "machine": machine(), "runs": runs}
-    write_report(opts, "idle", data, _idle_table(runs), lambda p: _idle_chart(runs, p))
-    return data
+    return finish_report(opts, "idle", runs, _idle_table, _idle_chart)
 
 
 def _idle_table(runs: list[dict[str, Any]]) -> str:
@@ -1781,9 +1783,7 @@ async def scenario_naive(opts: Options) -> dict[str, Any]:
                                         if rp99 and np99 is None else None)
     finally:
         await stack.close()
-    data = {"scenario": "naive", "quick": opts.quick, "machine": machine(), "runs": runs}
-    write_report(opts, "naive", data, _naive_table(runs), lambda p: _naive_chart(runs, p))
-    return data
+    return finish_report(opts, "naive", runs, _naive_table, _naive_chart)
 
 
 def _p99_at_least(runs: list[dict[str, Any]]) -> None:

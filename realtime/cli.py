@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import sys
 import threading
@@ -22,14 +21,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 @app.command()
@@ -76,13 +67,11 @@ def serve(
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        typer.echo(f"realtime: bad settings: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"bad settings: {exc}", 2)
     try:
         check_exposure(settings)
     except AuthConfigError as exc:
-        typer.echo(f"realtime: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
     if settings.auth == "none" and settings.insecure:
         typer.echo(f"realtime: WARNING: serving {settings.host} without authentication "
                    "(--insecure)", err=True)
@@ -91,13 +80,11 @@ def serve(
         try:
             find_executable()
         except EmbeddedUnavailable as exc:
-            typer.echo(f"realtime: {exc}", err=True)
-            raise typer.Exit(2) from None
+            _fail(str(exc), 2)
     try:
         application = create_app(settings)
     except AuthConfigError as exc:
-        typer.echo(f"realtime: bad settings: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"bad settings: {exc}", 2)
     server = make_server(application, settings)
     server.run()
     if not server.started:
