@@ -216,7 +216,7 @@ def check_exposure(settings: Settings) -> None:
     Raises:
         AuthConfigError: with a message that says what to do.
     """
-    if settings.auth == "none" and not settings.insecure and not is_loopback(settings.host):
+    if settings.loopback_only and not is_loopback(settings.host):
         raise AuthConfigError(
             f"refusing to serve on {settings.host} without authentication: set "
             "REALTIME_AUTH=apikey or jwt (README: Security), bind to 127.0.0.1, or pass "

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="WebSockets per client address when auth is on (0: off).")
 
     @property
+    def loopback_only(self) -> bool:
+        """Mode ``none`` without ``insecure``: served to loopback clients and browsers only."""
+        return self.auth == "none" and not self.insecure
+
+    @property
     def tenant_key(self) -> str:
         """The document field that holds the tenant."""
         return self.tenant_field or self.tenant_claim

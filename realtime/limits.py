@@ -288,7 +288,7 @@ def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> 
         return False
     if _split_host(host, scheme) != authority:
         return False
-    return settings.auth != "none" or settings.insecure or is_loopback(hostname)
+    return not settings.loopback_only or is_loopback(hostname)
 
 
 def _browser_host_ok(scope: Scope, settings: Settings) -> bool:
@@ -332,7 +332,7 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, settings: Settings, limits: Limits) -> None:
         self.app = app
-        self._guard = settings.auth == "none" and not settings.insecure
+        self._guard = settings.loopback_only
         self._settings = settings
         self._limits = limits
 
