@@ -8,13 +8,13 @@ filter got exactly its matches); never a time or a rate.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from realtime.bench import Options, run_scenario
-from tests.helpers import until
 
 pytest.importorskip("picows", reason="the bench load client needs picows (dev extra)")
 
@@ -83,6 +83,7 @@ class FakeSink:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.wrote = asyncio.Event()
 
     def __call__(self, text: str) -> None:
         raise AssertionError("framed connections write frames")
@@ -92,6 +93,14 @@ class FakeSink:
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+        self.wrote.set()
+
+    async def messages(self, n: int, timeout: float) -> None:
+        """Wait until ``n`` text frames were written."""
+        async with asyncio.timeout(timeout):
+            while len(texts(self.writes)) < n:
+                self.wrote.clear()
+                await self.wrote.wait()
 
 
 def texts(writes: list[bytes]) -> list[str]:
@@ -158,8 +167,7 @@ async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch)
     hub.flush()
     assert [len(sink.writes) for sink in sinks] == [2, 1, 2]  # one call for 49 messages
     flags[1].set()
-    await until(lambda: len(texts(sinks[1].writes)) == 50, 5,
-                "connection 1's backlog drained once it is writable")
+    await sinks[1].messages(50, 5)  # its backlog drains once it is writable
     for i, sink in enumerate(sinks):
         messages = [orjson.loads(t) for t in texts(sink.writes)]
         seqs = [m["document"]["seq"] for m in messages if m["type"] == "change"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from realtime.embedded import free_port
-from tests.helpers import Readiness, ServerProcess, wait_until, ws_client
+from tests.helpers import Readiness, ServerProcess, ws_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,9 +32,21 @@ def processes_using(marker: str) -> list[int]:
 
 
 async def gone(marker: str, timeout: float) -> None:
-    async def check() -> bool:
-        return not processes_using(marker)
-    await wait_until(check, timeout, f"processes of {marker} to exit")
+    """Wait until every process whose command line mentions ``marker`` has exited."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        for pid in processes_using(marker):
+            try:
+                exited = os.pidfd_open(pid)  # readable once the process has exited
+            except ProcessLookupError:
+                continue
+            done = loop.create_future()
+            loop.add_reader(exited, lambda f=done: f.done() or f.set_result(None))
+            try:
+                await done
+            finally:
+                loop.remove_reader(exited)
+                os.close(exited)
 
 
 async def test_make_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
