@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from realtime.config import Settings
-from realtime.server import wait_started
+from realtime.server import RealtimeServer, wait_started
 from tests.conftest import LiveServer, live_server
 from tests.e2e.test_dashboard import TIMEOUT_MS
 from tests.test_auth import apikey_settings, derive
@@ -73,7 +73,7 @@ async def other_origin() -> AsyncIterator[str]:
     """A plain HTTP server on another port of 127.0.0.1: another origin."""
     app = Starlette(routes=[Route("/", _blank)])
     # log_config=None: leave the process's logging configuration alone.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
+    server = RealtimeServer(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
                                            log_config=None))
     task = asyncio.create_task(server.serve())
     port = await wait_started(server, task, 10)
