@@ -1,8 +1,8 @@
-"""``create_app(settings)`` and the lifespan that starts and stops everything.
+"""``create_app(settings)``: the ASGI application, its routes and middlewares.
 
-Nothing is created at import time: the database client, the embedded server,
-the hub and the feed task all live in :class:`Services`, built in the lifespan
-and reached by routes through :mod:`realtime.api.deps`.
+Nothing is created at import time: the lifespan enters
+:func:`realtime.services.running`, which creates and stops every resource;
+routes reach them through :mod:`realtime.api.deps`.
 
 The app is a :class:`RealtimeApp`: FastAPI, except that a WebSocket for
 ``/ws`` goes straight to :func:`realtime.api.ws.serve_websocket`, before the
@@ -14,11 +14,9 @@ measured with ``tracemalloc``, 13 KB of the 30 KB an idle subscriber cost.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,52 +26,28 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from realtime import __version__
+from realtime.api import health, rest, ws
+from realtime.api.headers import SecurityHeadersMiddleware
+from realtime.api.problems import install_handlers
 from realtime.auth import Authenticator, install_log_redaction
 from realtime.config import Settings
-from realtime.db import Database
-from realtime.embedded import EmbeddedServer
-from realtime.errors import install_handlers
-from realtime.feed import Feed
-from realtime.hub import Hub
-from realtime.limits import (
-    Limits,
-    SecurityCollector,
-    SecurityHeadersMiddleware,
-)
+from realtime.limits import Limits, SecurityCollector
 from realtime.logs import RequestIdMiddleware
 from realtime.metrics import Metrics
-from realtime.protocol import CloseCode
-from realtime.store import Store
+from realtime.services import running
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["WS_PATH", "RealtimeApp", "Services", "create_app"]
+__all__ = ["RealtimeApp", "create_app"]
 
 log = logging.getLogger("realtime.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-#: The WebSocket endpoint's path (protocol v1).
-WS_PATH = "/ws"
-
-
-@dataclass(slots=True)
-class Services:
-    """Everything the lifespan creates, shared by the routes."""
-
-    settings: Settings
-    db: Database
-    store: Store
-    hub: Hub
-    feed: Feed
-    embedded: EmbeddedServer | None
-    auth: Authenticator
-    limits: Limits
-
 
 class RealtimeApp(FastAPI):
-    """FastAPI, with WebSockets for :data:`WS_PATH` served by a bare ASGI route.
+    """FastAPI, with WebSockets for :data:`realtime.api.ws.WS_PATH` served by a bare ASGI route.
 
     Such a WebSocket skips the middleware stack and the router: only
     :class:`~realtime.logs.RequestIdMiddleware` wraps it (the request id is on
@@ -86,13 +60,11 @@ class RealtimeApp(FastAPI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from realtime.api.ws import serve_websocket
-
-        self._websocket: ASGIApp = RequestIdMiddleware(serve_websocket)
+        self._websocket: ASGIApp = RequestIdMiddleware(ws.serve_websocket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a ``/ws`` WebSocket directly; anything else the FastAPI way."""
-        if (scope["type"] == "websocket" and scope["path"] == WS_PATH
+        if (scope["type"] == "websocket" and scope["path"] == ws.WS_PATH
                 and not scope.get("root_path") and not self.root_path
                 and not self._telemetry_on()):
             scope["app"] = self
@@ -104,21 +76,6 @@ class RealtimeApp(FastAPI):
         """True if FastAPI's own OpenTelemetry instrumentation would trace requests."""
         telemetry = getattr(self, "_native_telemetry", None)
         return telemetry is not None and bool(telemetry.enabled())
-
-
-async def _start_embedded(settings: Settings) -> EmbeddedServer:
-    server = EmbeddedServer(
-        settings.data_dir,
-        port=settings.embedded_port,
-        sync_on_commit=settings.embedded_sync_on_commit,
-    )
-    server.spawn()
-    try:
-        await server.wait_ready_async(30.0)
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 def _install_security(app: FastAPI, settings: Settings, limits: Limits) -> None:
@@ -177,34 +134,9 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        embedded = None
-        uri = settings.mongodb_uri
-        if uri is None:
-            embedded = await _start_embedded(settings)
-            uri = embedded.uri
-        db = Database(settings, uri)
-        hub = Hub(settings.ring_size)
-        feed = Feed(db, hub, settings)
-        app.state.services = Services(settings=settings, db=db, store=Store(db, settings),
-                                      hub=hub, feed=feed, embedded=embedded, auth=auth,
-                                      limits=limits)
-        feed.start()
-        try:
-            try:
-                # Serve once the feed is live, so no write after start-up is missed;
-                # if the database is down, serve anyway (/readyz says why).
-                await feed.wait_live(settings.startup_wait_seconds)
-            except TimeoutError:
-                log.warning("change stream not live after %.0f s; serving anyway",
-                            settings.startup_wait_seconds)
+        async with running(settings, auth, limits) as services:
+            app.state.services = services
             yield
-        finally:
-            hub.close_all(CloseCode.GOING_AWAY, "server shutdown")
-            await feed.stop()
-            await db.close()
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
-            log.info("realtime stopped")
 
     app = RealtimeApp(
         title="realtime",
@@ -218,8 +150,6 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
     app.state.metrics.registry.register(SecurityCollector(limits))
     _install_security(app, settings, limits)
     app.add_middleware(RequestIdMiddleware, on_response=app.state.metrics.observe_request)
-
-    from realtime.api import health, rest, ws
 
     app.include_router(health.router)
     app.include_router(rest.router)

@@ -1,4 +1,4 @@
-"""What a client may open and send: rates, connections, origins, hosts, response headers.
+"""What a client may open and send: rates, connections, origins.
 
 - :class:`RateLimiter`: a token bucket per credential for REST requests
   (``REALTIME_RATE_LIMIT_PER_SECOND`` sustained, ``REALTIME_RATE_LIMIT_BURST``
@@ -11,10 +11,8 @@
   WebSocket hijacking; refused with close 1008). The server's own origin is
   always allowed, plus ``REALTIME_ALLOWED_ORIGINS``; clients that send no
   ``Origin`` (not browsers) are not affected.
-- :class:`SecurityHeadersMiddleware`: the headers every HTTP response carries
-  (a strict CSP for the dashboard, ``nosniff``, no framing) and, in mode
-  ``none``, the DNS-rebinding guard: a browser request must name a loopback
-  host.
+- The headers every HTTP response carries and the DNS-rebinding guard are
+  :mod:`realtime.api.headers`.
 
 Body size (413), frame size (1009), subscriptions per connection and filter
 depth/size are enforced where they are parsed (:mod:`realtime.api.rest`,
@@ -28,7 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -36,42 +34,21 @@ from prometheus_client.registry import Collector
 
 from realtime.auth import is_loopback
 from realtime.config import Settings
-from realtime.errors import RealtimeError, problem_response
-
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from realtime.errors import RealtimeError
 
 __all__ = [
-    "DASHBOARD_CSP",
     "Limits",
     "RateLimiter",
     "SecurityCollector",
-    "SecurityHeadersMiddleware",
     "TokenBucket",
     "TooManyRequests",
+    "normalize_origin",
     "origin_allowed",
 ]
 
-#: The dashboard's Content-Security-Policy: only this origin, no inline script or style.
-DASHBOARD_CSP: Final = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-#: The REST API's JSON (``/api/``): nothing may load from it, nothing may frame it.
-API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
-_DASHBOARD_CSP_VALUE: Final = DASHBOARD_CSP.encode()
-_API_CSP_VALUE: Final = API_CSP.encode()
 #: Most rate-limit buckets kept; the least recently used go first (a full bucket).
 MAX_BUCKETS: Final = 100_000
 
-_COMMON_HEADERS: Final = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-)
 
 
 class TooManyRequests(RealtimeError):
@@ -246,7 +223,7 @@ def _split_host(value: str, scheme: str) -> str | None:
     return _authority(scheme, hostname, port)
 
 
-def _normalize_origin(origin: str) -> tuple[str, str, str] | None:
+def normalize_origin(origin: str) -> tuple[str, str, str] | None:
     """``(scheme, authority, hostname)`` of an Origin value, or None if malformed."""
     try:
         parts = urlsplit(origin.strip().lower())
@@ -276,12 +253,12 @@ def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> 
     allowed = settings.allowed_origins or []
     if "*" in allowed:
         return True
-    parsed = _normalize_origin(origin)
+    parsed = normalize_origin(origin)
     if parsed is None:
         return False
     scheme, authority, hostname = parsed
     for entry in allowed:
-        listed = _normalize_origin(entry)
+        listed = normalize_origin(entry)
         if listed is not None and listed[:2] == (scheme, authority):
             return True
     if host is None:
@@ -289,83 +266,6 @@ def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> 
     if _split_host(host, scheme) != authority:
         return False
     return not settings.loopback_only or is_loopback(hostname)
-
-
-def _browser_host_ok(scope: Scope, settings: Settings) -> bool:
-    """The DNS-rebinding guard of mode ``none``: browsers must use a loopback host."""
-    host = fetch_site = origin = None
-    for name, value in scope.get("headers", ()):
-        if name == b"host":
-            host = value.decode("latin-1")
-        elif name == b"sec-fetch-site":
-            fetch_site = value
-        elif name == b"origin":
-            origin = value.decode("latin-1")
-    if fetch_site is None and origin is None:
-        return True  # not a browser
-    if host is None:
-        return False
-    hostname = urlsplit(f"//{host.strip().lower()}").hostname or ""
-    if is_loopback(hostname):
-        return True
-    # A host named by an allowed origin (e.g. a local alias) is fine too.
-    for entry in settings.allowed_origins or ():
-        listed = _normalize_origin(entry)
-        if listed is not None and listed[2] == hostname:
-            return True
-    return False
-
-
-# --------------------------------------------------------------------- headers
-
-
-class SecurityHeadersMiddleware:
-    """Adds security headers to every HTTP response; guards loopback-only servers.
-
-    The dashboard (``/`` and ``/static/``) gets :data:`DASHBOARD_CSP`, the REST
-    API (``/api/``) :data:`API_CSP`; probes and the interactive docs (which bring
-    their own scripts) none. In mode
-    ``none`` (without ``insecure``) a browser request (one with ``Origin`` or
-    ``Sec-Fetch-Site``) whose ``Host`` is not a loopback name is refused with
-    403, so a DNS-rebinding page cannot read a development server.
-    """
-
-    def __init__(self, app: ASGIApp, settings: Settings, limits: Limits) -> None:
-        self.app = app
-        self._guard = settings.loopback_only
-        self._settings = settings
-        self._limits = limits
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve the request with the headers added (or refuse it)."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self._guard and not _browser_host_ok(scope, self._settings):
-            self._limits.reject("host")
-            response = problem_response(
-                403, "this server only answers browsers on a loopback address "
-                     "(use http://127.0.0.1:<port>/)", slug="forbidden-host")
-            await response(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        csp: bytes | None = None
-        if path == "/" or path.startswith("/static/"):
-            csp = _DASHBOARD_CSP_VALUE
-        elif path.startswith("/api/"):
-            csp = _API_CSP_VALUE
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in _COMMON_HEADERS if h[0] not in present)
-                if csp is not None and b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", csp))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def retry_after_header(seconds: float) -> str:

@@ -1,7 +1,7 @@
 """Prometheus metrics (``/metrics``), read from the service's own counters at scrape time.
 
 Nothing here sits on the fan-out path. The hub and the feed already count what
-matters (:attr:`Hub.events`, :attr:`Hub.slow_consumers`, :attr:`Connection.sent`,
+matters (:attr:`Hub.events`, :attr:`Hub.slow_consumers`, :attr:`Outbox.sent`,
 :attr:`Feed.restarts`, ...); :class:`ServiceCollector` turns them into metric
 families when Prometheus scrapes. The only metric observed per request is the
 REST latency histogram, observed by :meth:`Metrics.observe_request`, which
@@ -24,7 +24,6 @@ plus the standard ``process_*`` and ``python_*`` families.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +49,11 @@ from realtime import __version__
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-    from realtime.app import Services
-    from realtime.hub import Connection, Hub
+    from realtime.hub import Hub
+    from realtime.outbox import Outbox
+    from realtime.services import Services
 
-__all__ = ["CONTENT_TYPE", "LatencyBuckets", "Metrics", "ServiceCollector"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ServiceCollector"]
 
 #: The ``Content-Type`` of :meth:`Metrics.render` (Prometheus text format 0.0.4).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -66,50 +66,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 UNMATCHED = "<unmatched>"
 
 
-#: Commit → sent buckets, seconds.
-DELIVERY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-class LatencyBuckets:
-    """A histogram cheap enough for once per change event: no labels, no locks.
-
-    ``observe`` is one bisect and three increments. The feed may keep one as
-    ``publish_latency`` (commit wall time → :meth:`Hub.publish` returned, i.e.
-    sent to every writable subscriber); :class:`ServiceCollector` exports it as
-    ``realtime_delivery_seconds``.
-    """
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...] = DELIVERY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """Count one observation."""
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """``(le, cumulative count)`` pairs ending with ``+Inf``."""
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
-
-
 class ServiceCollector(Collector):
     """Metric families computed from the hub and feed counters at scrape time.
 
-    ``services`` returns the lifespan's :class:`~realtime.app.Services`, or None
+    ``services`` returns the lifespan's :class:`~realtime.services.Services`, or None
     before start-up (then only ``realtime_info`` is reported).
 
-    ``messages_sent_total`` adds up :attr:`Connection.sent` of open connections
+    ``messages_sent_total`` adds up :attr:`Outbox.sent` of open connections
     and :attr:`Hub.sent_closed` (the final counts of closed ones), so it is exact.
     """
 
@@ -118,7 +81,7 @@ class ServiceCollector(Collector):
         self._driver = driver
 
     @staticmethod
-    def _messages_sent(hub: Hub, connections: Iterable[Connection]) -> int:
+    def _messages_sent(hub: Hub, connections: Iterable[Outbox]) -> int:
         return hub.sent_closed + sum(conn.sent for conn in connections)
 
     def collect(self) -> Iterable[Metric]:
@@ -153,7 +116,7 @@ class ServiceCollector(Collector):
                                   "Change stream retries and restarts.", value=feed.restarts)
         yield CounterMetricFamily("realtime_feed_catchups",
                                   "Resumes served by a catch-up change stream.",
-                                  value=feed.catchups)
+                                  value=services.history.catchups)
         yield GaugeMetricFamily("realtime_feed_up", "1 while the change stream is live.",
                                 value=1 if feed.live else 0)
         state = GaugeMetricFamily("realtime_feed_state", "1 for the feed's current state.",

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typer.testing import CliRunner
 
+from realtime.api.headers import API_CSP, DASHBOARD_CSP
 from realtime.auth import (
     ANONYMOUS,
     AuthConfigError,
@@ -37,7 +38,7 @@ from realtime.auth import (
 )
 from realtime.cli import app as cli_app
 from realtime.config import Settings
-from realtime.limits import API_CSP, DASHBOARD_CSP, Limits, RateLimiter, origin_allowed
+from realtime.limits import Limits, RateLimiter, origin_allowed
 from tests.conftest import running_app
 
 DOCS = "/api/collections/{}/documents"

@@ -21,9 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from realtime.app import create_app
 from realtime.embedded import EmbeddedServer, free_port
-from realtime.feed import FeedState
+from realtime.histogram import LatencyBuckets
 from realtime.logs import JsonFormatter, RequestIdFilter, configure_logging
-from realtime.metrics import UNMATCHED, LatencyBuckets, ServiceCollector
+from realtime.metrics import UNMATCHED, ServiceCollector
+from realtime.sources.changestream import FeedState
 from tests.conftest import LiveServer
 from tests.helpers import until, ws_client
 
@@ -123,7 +124,7 @@ async def test_websocket_activity_is_counted(live: LiveServer, http: httpx.Async
 
 
 class FakeConnection:
-    """What the collector reads of a :class:`realtime.hub.Connection`."""
+    """What the collector reads of a :class:`realtime.outbox.Outbox`."""
 
     def __init__(self, sent: int, backlog: int, dropped: int = 0) -> None:
         self.sent = sent
@@ -137,7 +138,8 @@ def _fake_services(**hub: Any) -> SimpleNamespace:
         hub=SimpleNamespace(connections=conns, events=hub.get("events", 0),
                             slow_consumers=hub.get("slow", 0), sent_closed=0, dropped=0,
                             subscription_count=lambda: 3),
-        feed=SimpleNamespace(restarts=4, catchups=5, lag=1.5, last_event_wall=1e9,
+        history=SimpleNamespace(catchups=5),
+        feed=SimpleNamespace(restarts=4, lag=1.5, last_event_wall=1e9,
                              live=False, state=FeedState.RETRYING,
                              publish_latency=LatencyBuckets()),
     )

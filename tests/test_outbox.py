@@ -1,14 +1,21 @@
-"""The outbox: batched writes keep every message, in order."""
+"""The outbox and its batcher: batched writes keep every message, in order.
+
+Sans I/O but for the event loop: the sinks stand for the server's frame
+writer, the clock is injected.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import pytest
+import orjson
 
-
-# -- the fast path the benchmarks drive: batched writes keep every message, in order
+from realtime.events import normalise
+from realtime.hub import Hub
+from realtime.outbox import BatchPolicy
+from realtime.server import Flag
+from realtime.subscription import Subscription
 
 
 class FakeSink:
@@ -53,27 +60,31 @@ def texts(writes: list[bytes]) -> list[str]:
 
 
 def event(seq: int) -> Any:
-    from realtime.events import normalise
-
     doc = {"_id": f"d{seq}", "seq": seq}
     return normalise({"_id": {"_data": f"{seq:032x}"}, "operationType": "insert",
                       "ns": {"db": "b", "coll": "c"}, "documentKey": {"_id": doc["_id"]},
                       "fullDocument": doc})
 
 
-async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+class Clock:
+    """A monotonic clock the test moves: each write to a :class:`SlowSink` costs time.
+
+    It starts near zero, as on a machine booted a second ago.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_busy_hub_batches_writes_in_order() -> None:
     """A busy hub holds messages and writes them in one call each; none lost or reordered."""
-
-    import orjson
-
-    from realtime import hub as hub_module
-    from realtime.hub import Connection, Hub, Subscription
-    from realtime.server import Flag
-
+    clock = Clock()
     # Every publish after the first finds the hub busy; the batch stays open until flushed.
-    monkeypatch.setattr(hub_module, "BUSY_GAP", 3600.0)
-    monkeypatch.setattr(hub_module, "MIN_BATCH_DELAY", 3600.0)
-    hub = Hub()
+    hub = Hub(batch_policy=BatchPolicy(busy_gap=3600.0, min_delay=3600.0),
+              clock=clock.monotonic)
     sinks, flags = [], []
     for i in range(3):
         sink, flag = FakeSink(), Flag()
@@ -82,7 +93,7 @@ async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch)
         async def send_async(message: str) -> None:
             raise AssertionError("not used")
 
-        conn = Connection(send_async=send_async, close=lambda code, reason: None,
+        conn = hub.outbox(send_async=send_async, close=lambda code, reason: None,
                           max_backlog=100, send_now=sink, writable=flag, name=str(i))
         assert conn.framed
         hub.attach(conn)
@@ -109,16 +120,6 @@ async def test_busy_hub_batches_writes_in_order(monkeypatch: pytest.MonkeyPatch)
     assert kinds.index("pong") == 21
 
 
-class Clock:
-    """A monotonic clock the test moves: each write to a :class:`SlowSink` costs time."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 class SlowSink(FakeSink):
     def __init__(self, clock: Clock, cost: float) -> None:
         super().__init__()
@@ -129,21 +130,13 @@ class SlowSink(FakeSink):
         self.clock.now += self.cost
 
 
-async def test_loaded_hub_shares_writes_between_spaced_events(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_loaded_hub_shares_writes_between_spaced_events() -> None:
     """Events apart in time go inline until fanning out takes a large share of the
     time between them; then each connection's messages of consecutive events share
     a write, and inline sending comes back when the load drops. Nothing is lost or
     reordered."""
-    import orjson
-
-    from realtime import hub as hub_module
-    from realtime.hub import Connection, Hub, Subscription
-    from realtime.server import Flag
-
     clock = Clock()
-    monkeypatch.setattr(hub_module, "time", clock)
-    hub = Hub()
+    hub = Hub(clock=clock.monotonic)
     sinks = []
     for i in range(5):
         sink, flag = SlowSink(clock, 0.0003), Flag()  # 5 writes: 1.5 ms per event
@@ -152,7 +145,7 @@ async def test_loaded_hub_shares_writes_between_spaced_events(
         async def send_async(message: str) -> None:
             raise AssertionError("not used")
 
-        conn = Connection(send_async=send_async, close=lambda code, reason: None,
+        conn = hub.outbox(send_async=send_async, close=lambda code, reason: None,
                           max_backlog=100, send_now=sink, writable=flag, name=str(i))
         hub.attach(conn)
         hub.add(Subscription(conn, "s", "c", {}))

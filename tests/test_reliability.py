@@ -19,10 +19,10 @@ import pymongo
 import pytest
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
 
+from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import is_transient, token_time
 from realtime.embedded import EmbeddedServer
-from realtime.feed import Backoff
 from tests.conftest import LiveServer, live_server
 from tests.helpers import WSClient, notified, server_process, until, ws_client
 

@@ -15,7 +15,7 @@ from bson import ObjectId
 
 from realtime.codec import key_to_json
 from realtime.config import Settings
-from realtime.store import decode_cursor, encode_cursor, parse_sort
+from realtime.paging import decode_cursor, encode_cursor, parse_sort
 from tests.conftest import running_app
 
 DOCS = "/api/collections/things/documents"

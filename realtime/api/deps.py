@@ -8,11 +8,11 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from realtime.app import Services
 from realtime.auth import Action, Forbidden, Principal, Unauthenticated, bearer_token
 from realtime.config import Settings
 from realtime.db import Database
 from realtime.names import COLLECTION_PATTERN
+from realtime.services import Services
 from realtime.store import Store
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def get_services(conn: HTTPConnection) -> Services:
-    """The lifespan's :class:`~realtime.app.Services`."""
+    """The lifespan's :class:`~realtime.services.Services`."""
     services: Services = conn.app.state.services
     return services
 

@@ -31,15 +31,16 @@ from realtime.api.deps import (
     StoreDep,
     WriterDep,
 )
+from realtime.api.problems import PROBLEM_JSON
 from realtime.codec import check_document, dumps, key_to_json, loads, parse_id
 from realtime.config import Settings
 from realtime.errors import (
-    PROBLEM_JSON,
     BadRequest,
     InvalidDocument,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from realtime.paging import parse_sort
 from realtime.store import (
     MAX_BULK,
     MAX_ID_LENGTH,
@@ -47,7 +48,6 @@ from realtime.store import (
     BulkResult,
     IfMatch,
     check_id,
-    parse_sort,
     version_of,
 )
 

@@ -2,8 +2,9 @@
 
 Ties the sans-I/O protocol to the hub: parses client messages, registers
 subscriptions (live, snapshot-then-live, or resume with ``since``) and answers
-pings. Outgoing messages all go through the connection's ordered outbox
-(:class:`realtime.hub.Connection`).
+pings: it parses and calls the hub, which starts each subscription
+(:meth:`realtime.hub.Hub.start`). Outgoing messages all go through the
+connection's ordered outbox (:class:`realtime.outbox.Outbox`).
 
 Security comes first (README: Security): a browser ``Origin`` that is not
 allowed is closed with 1008; a client address over its connection limit with
@@ -13,8 +14,8 @@ Bearer`` header, a ``bearer.<token>`` subprotocol, or the first message
 ``authenticated``); anything else closes with 4401, before ``welcome``. Each
 subscription needs the collection's read scope (else an ``error`` with code
 ``forbidden``); a tenant is ANDed into its filter and checked on every event
-(:class:`TenantSubscription`). When the credentials expire the socket is
-closed with 4401; an ``auth`` message with a fresh token of the same tenant
+(the tenant is the subscription's owner). When the credentials expire the
+socket is closed with 4401; an ``auth`` message with a fresh token of the same tenant
 extends the connection.
 """
 
@@ -24,71 +25,40 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 
-from realtime import __version__, protocol, query
+from realtime import __version__, protocol
 from realtime.api.deps import get_services
-from realtime.app import WS_PATH
 from realtime.auth import (
     ANONYMOUS,
     Principal,
-    Tenant,
     Unauthenticated,
     bearer_token,
     token_from_subprotocols,
 )
-from realtime.codec import dumps_str, key_to_json
-from realtime.errors import RealtimeError
-from realtime.events import Event
-from realtime.hub import Connection, Subscription
 from realtime.limits import origin_allowed
+from realtime.outbox import Outbox
 from realtime.server import WRITABLE_EXTENSION
+from realtime.services import Services
+from realtime.subscription import Subscription
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from realtime.app import Services
-
-__all__ = ["TenantSubscription", "router", "serve_websocket", "websocket_endpoint"]
+__all__ = ["WS_PATH", "router", "serve_websocket", "websocket_endpoint"]
 
 log = logging.getLogger("realtime.ws")
 
 router = APIRouter()
 
+#: The WebSocket endpoint's path (protocol v1).
+WS_PATH = "/ws"
+
 #: Longest close reason (RFC 6455 allows 123 bytes).
 _MAX_REASON = 120
-
-
-class TenantSubscription(Subscription):
-    """A subscription confined to one tenant.
-
-    Its filter is ``{"$and": [filter, {field: tenant}]}``, so the snapshot,
-    ring replay and catch-up all go through the tenant clause; and an event is
-    considered at all only if the tenant owns the document before or after the
-    change (pre-image or post-image, exact equality). A ``delete`` or a
-    ``leave`` whose pre-image is unknown is therefore not delivered: tenant
-    isolation fails closed (collections written through the REST API have
-    pre-images enabled).
-    """
-
-    __slots__ = ("tenant",)
-
-    def __init__(self, conn: Connection, sub: str, collection: str,
-                 filter: Mapping[str, Any], tenant: Tenant) -> None:
-        super().__init__(conn, sub, collection, tenant.restrict(filter))
-        self.tenant = tenant
-
-    def decide(self, ev: Event) -> str | None:
-        """Like :meth:`Subscription.decide`, for documents this tenant owns only."""
-        tenant = self.tenant
-        if not (tenant.owns(ev.before)
-                or (ev.op != "delete" and tenant.owns(ev.document))):
-            return None
-        return super().decide(ev)
 
 
 def _payload(message: Mapping[str, Any]) -> str | bytes:
@@ -126,20 +96,21 @@ class _LateCloser:
                 await task
 
 
-def _connection(websocket: WebSocket, services: Services) -> tuple[Connection, _LateCloser | None]:
+def _outbox(websocket: WebSocket, services: Services) -> tuple[Outbox, _LateCloser | None]:
     ext: dict[str, Any] | None = websocket.scope.get("extensions", {}).get(WRITABLE_EXTENSION)
     client = websocket.client
     name = f"{client.host}:{client.port}" if client else "?"
+    hub = services.hub
     if ext is not None:
-        return Connection(send_async=websocket.send_text, close=ext["close_now"],
+        return hub.outbox(send_async=websocket.send_text, close=ext["close_now"],
                           send_now=ext["send_now"], writable=ext["event"],
                           max_backlog=services.settings.send_backlog, name=name), None
     closer = _LateCloser(websocket)
-    return Connection(send_async=websocket.send_text, close=closer,
+    return hub.outbox(send_async=websocket.send_text, close=closer,
                       max_backlog=services.settings.send_backlog, name=name), closer
 
 
-async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscribe,
+async def _subscribe(services: Services, conn: Outbox, msg: protocol.Subscribe,
                      principal: Principal) -> None:
     hub = services.hub
     settings = services.settings
@@ -149,11 +120,11 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
             protocol.ErrorCode.FORBIDDEN,
             f"the credentials do not allow reading {msg.collection!r}", msg.sub))
         return
-    if msg.sub in conn.subscriptions:
+    if hub.subscription(conn, msg.sub) is not None:
         conn.send(protocol.render_error(protocol.ErrorCode.DUPLICATE_SUB,
                                         f"subscription {msg.sub!r} exists", msg.sub))
         return
-    if len(conn.subscriptions) >= settings.max_subscriptions:
+    if len(hub.subscriptions_on(conn)) >= settings.max_subscriptions:
         conn.send(protocol.render_error(
             protocol.ErrorCode.TOO_MANY_SUBS,
             f"at most {settings.max_subscriptions} subscriptions per connection", msg.sub))
@@ -165,52 +136,10 @@ async def _subscribe(services: Services, conn: Connection, msg: protocol.Subscri
         return
     tenant = principal.tenant
     sub = (Subscription(conn, msg.sub, msg.collection, msg.filter) if tenant is None
-           else TenantSubscription(conn, msg.sub, msg.collection, msg.filter, tenant))
-
-    if msg.since is not None:
-        head = hub.head()
-        conn.send(protocol.render_subscribed(msg.sub, head))
-        if hub.can_replay(msg.since):
-            hub.add(sub)
-            hub.replay(sub, msg.since)
-        else:
-            # Older than the ring: a catch-up stream from the oplog, live held back.
-            sub.pending = deque()
-            hub.add(sub)
-            services.feed.catch_up(sub, msg.since)
-        return
-
-    if not msg.snapshot:
-        conn.send(protocol.render_subscribed(msg.sub, hub.head()))
-        hub.add(sub)
-        return
-
-    # Snapshot then live: hold events back from the head on, read, send, then go
-    # live once the feed has passed the read (the hub skips what the snapshot shows).
-    sub.pending = deque()
-    head = hub.head()
-    hub.add(sub)
-    conn.send(protocol.render_subscribed(msg.sub, head))
-    try:
-        docs, horizon = await services.db.collection(msg.collection).snapshot(
-            query.to_mongo(sub.filter), sort=[("_id", 1)], limit=msg.limit)
-    except RealtimeError as exc:
-        hub.remove(sub)
-        conn.send(protocol.render_error(protocol.ErrorCode.INTERNAL,
-                                        f"snapshot failed: {exc.detail}", msg.sub))
-        return
-    poll = services.feed.polls + 1  # the feed's first read to begin after this one
-    if conn.subscriptions.get(msg.sub) is not sub:
-        return  # unsubscribed or closed meanwhile
-    documents: list[str] = []
-    shown: dict[Any, Mapping[str, Any]] = {}
-    for doc in docs:
-        if tenant is not None and not tenant.owns(doc):
-            continue
-        documents.append(dumps_str(doc))
-        shown[key_to_json(doc.get("_id"))] = doc
-    conn.send(protocol.render_snapshot(msg.sub, documents, head))
-    hub.settle(sub, shown, horizon, poll)
+           else Subscription(conn, msg.sub, msg.collection, tenant.restrict(msg.filter),
+                             owner=tenant))
+    await hub.start(sub, services.history, since=msg.since, snapshot=msg.snapshot,
+                    limit=msg.limit)
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str,
@@ -305,7 +234,7 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
     go) by :func:`_on_message`.
     """
     hub = services.hub
-    conn, closer = _connection(websocket, services)
+    conn, closer = _outbox(websocket, services)
     hub.attach(conn)
     expiry = _schedule_expiry(None, services, conn, principal)
     conn.send(protocol.render_welcome(f"realtime/{__version__}",
@@ -329,7 +258,7 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
             await closer.wait()
 
 
-async def _on_message(services: Services, conn: Connection, principal: Principal,
+async def _on_message(services: Services, conn: Outbox, principal: Principal,
                       message: Mapping[str, Any]) -> Principal | None:
     """Handle one client message; the principal from now on, or None to stop."""
     if message["type"] == "websocket.disconnect":
@@ -343,7 +272,7 @@ async def _on_message(services: Services, conn: Connection, principal: Principal
     if isinstance(parsed, protocol.Subscribe):
         await _subscribe(services, conn, parsed, principal)
     elif isinstance(parsed, protocol.Unsubscribe):
-        existing = conn.subscriptions.get(parsed.sub)
+        existing = services.hub.subscription(conn, parsed.sub)
         if existing is None:
             conn.send(protocol.render_error(protocol.ErrorCode.UNKNOWN_SUB,
                                             f"no subscription {parsed.sub!r}", parsed.sub))
@@ -356,12 +285,12 @@ async def _on_message(services: Services, conn: Connection, principal: Principal
     return principal
 
 
-def _expire(services: Services, conn: Connection) -> None:
+def _expire(services: Services, conn: Outbox) -> None:
     services.limits.reject("unauthenticated")
     conn.close(protocol.CloseCode.UNAUTHENTICATED, "token expired")
 
 
-def _schedule_expiry(previous: asyncio.TimerHandle | None, services: Services, conn: Connection,
+def _schedule_expiry(previous: asyncio.TimerHandle | None, services: Services, conn: Outbox,
                      principal: Principal) -> asyncio.TimerHandle | None:
     """Cancel ``previous``; close ``conn`` with 4401 when ``principal``'s credentials expire."""
     if previous is not None:
@@ -372,7 +301,7 @@ def _schedule_expiry(previous: asyncio.TimerHandle | None, services: Services, c
     return asyncio.get_running_loop().call_later(delay, _expire, services, conn)
 
 
-def _reauthenticate(services: Services, conn: Connection, principal: Principal,
+def _reauthenticate(services: Services, conn: Outbox, principal: Principal,
                     msg: protocol.Auth) -> Principal | None:
     """An ``auth`` message on an open connection: fresh credentials, same tenant.
 
@@ -393,7 +322,7 @@ def _reauthenticate(services: Services, conn: Connection, principal: Principal,
         services.limits.reject("forbidden")
         conn.close(protocol.CloseCode.FORBIDDEN, "the new credentials are for another tenant")
         return None
-    for subscription in list(conn.subscriptions.values()):
+    for subscription in services.hub.subscriptions_on(conn):
         if not renewed.can("read", subscription.collection):
             services.hub.remove(subscription)
             conn.send(protocol.render_error(

@@ -1,4 +1,4 @@
-"""The change-stream watcher: one stream per process, resume, retry, backoff.
+"""The feed: one change stream per process, resume, retry, backoff.
 
 The feed watches the whole database (``$match`` on the exposed collections),
 normalises each event once (:func:`realtime.events.normalise`) and publishes it
@@ -13,22 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from realtime import protocol
+from realtime.backoff import Backoff
 from realtime.config import Settings
-from realtime.db import ChangeStream, Database, is_transient, token_time
+from realtime.db import ChangeStream, Database, is_transient
 from realtime.errors import HistoryLost, RealtimeError
-from realtime.events import STREAM_OPS, cluster_time, normalise
-from realtime.hub import Hub, Subscription
-from realtime.metrics import LatencyBuckets
+from realtime.events import STREAM_OPS, normalise
+from realtime.histogram import LatencyBuckets
+from realtime.hub import Hub
 
-__all__ = ["Backoff", "Feed", "FeedState"]
+__all__ = ["Feed", "FeedState", "pipeline"]
 
 log = logging.getLogger("realtime.feed")
 
@@ -44,32 +42,6 @@ class FeedState(StrEnum):
     LIVE = "live"
     RETRYING = "retrying"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``."""
-
-    base: float = 0.1
-    cap: float = 10.0
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt (and count the attempt)."""
-        ceiling = min(self.cap, self.base * (2 ** self.attempt))
-        self.attempt += 1
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not crypto
-
-    def reset(self) -> None:
-        """Forget past failures."""
-        self.attempt = 0
-
-
-def collection_pipeline(collection: str) -> list[dict[str, Any]]:
-    """The ``$match`` stage of a catch-up stream for one collection."""
-    return [{"$match": {"ns.coll": collection,
-                        "operationType": {"$in": ["insert", "update", "replace", "delete",
-                                                  "drop", "rename", "invalidate"]}}}]
 
 
 def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
@@ -97,12 +69,9 @@ class Feed:
         self.last_error: str | None = None
         self.retrying_since: float | None = None
         self.restarts = 0
-        self.catchups = 0
         self.last_event_wall: float | None = None
         #: Commit (the event's ``wallTime``) → fanned out to writable subscribers.
         self.publish_latency = LatencyBuckets()
-        self._catchup_slots = asyncio.Semaphore(settings.catchup_concurrency)
-        self._catchups: set[asyncio.Task[None]] = set()
         #: The resume token after the last published event (or post-batch token).
         self.token: Mapping[str, Any] | None = None
         #: Reads of the change stream begun (numbered from 1; see Hub.settle).
@@ -114,12 +83,10 @@ class Feed:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="realtime-feed")
 
     async def stop(self) -> None:
-        """Cancel the watcher task and every catch-up, and wait for them."""
-        tasks = [t for t in (self._task, *self._catchups) if t is not None]
-        self._task = None
-        for task in tasks:
+        """Cancel the watcher task and wait for it."""
+        task, self._task = self._task, None
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.state = FeedState.STOPPED
@@ -253,87 +220,3 @@ class Feed:
             self._hub.resync("invalidated")
         else:
             self._hub.resync("invalidated", collection)
-
-    # -- catch-up: resume beyond the ring ----------------------------------------
-    def catch_up(self, subscription: Subscription, since: str) -> asyncio.Task[None]:
-        """Replay to ``subscription`` every change after ``since`` from the oplog.
-
-        The subscription must already be registered with ``pending`` set, so live
-        events are held back meanwhile. The catch-up stream is filtered to its
-        collection; it hands over to live delivery when it meets an event the
-        ring holds (the ring replays the rest) or when it has caught up with the
-        present (held-back events it already delivered are skipped by cluster
-        time). At most ``catchup_concurrency`` run at once; others wait.
-        """
-        task = asyncio.get_running_loop().create_task(self._catch_up(subscription, since))
-        self._catchups.add(task)
-        task.add_done_callback(self._catchups.discard)
-        return task
-
-    async def _history_gone(self, since: str) -> bool:
-        """True if the oplog no longer holds ``since`` (servers that prune lazily)."""
-        when = token_time(since)
-        if when is None:
-            return False
-        oldest = await self._db.oldest_oplog_time()
-        return oldest is not None and when < oldest
-
-    async def _catch_up(self, sub: Subscription, since: str) -> None:
-        conn = sub.conn
-        backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
-        async with self._catchup_slots:
-            self.catchups += 1
-            while not conn.closed:
-                stream: ChangeStream | None = None
-                try:
-                    if await self._history_gone(since):
-                        raise HistoryLost("the oplog no longer holds the resume point")
-                    stream = await self._db.watch(collection_pipeline(sub.collection),
-                                                  resume_after={"_data": since},
-                                                  max_await_time_ms=100)
-                    since, done = await self._replay(sub, stream)
-                    if done:
-                        return
-                except RealtimeError as exc:
-                    if isinstance(exc, HistoryLost) or not is_transient(exc):
-                        self._catch_up_lost(sub)
-                        return
-                    await asyncio.sleep(backoff.next_delay())
-                finally:
-                    if stream is not None:
-                        await stream.close()
-
-    async def _replay(self, sub: Subscription, stream: ChangeStream) -> tuple[str, bool]:
-        """Replay from ``stream``; return (the last token seen, handed over)."""
-        hub = self._hub
-        last_token = ""
-        last_ct: tuple[int, int] | None = None
-        while not sub.conn.closed:
-            raw = await stream.try_next()
-            if raw is None:
-                # Caught up with the present: what the hub holds back is newer,
-                # except events this stream already delivered (same cluster time).
-                sub.floor = last_ct
-                sub.go_live()
-                return last_token, True
-            last_token = str(raw["_id"]["_data"])
-            last_ct = cluster_time(raw)
-            ev = normalise(raw)
-            if ev is None:
-                continue
-            if ev.op in STREAM_OPS:
-                sub.conn.send(protocol.render_resync(sub.sub, protocol.ResyncReason.INVALIDATED))
-                sub.floor = last_ct
-                sub.go_live()
-                return last_token, True
-            sub.emit(ev)
-            if hub.has_event(ev.id):
-                # The ring holds everything after this event: hand over to it.
-                sub.pending = None
-                hub.replay(sub, ev.id)
-                return last_token, True
-        return last_token, True
-
-    def _catch_up_lost(self, sub: Subscription) -> None:
-        sub.conn.send(protocol.render_resync(sub.sub, protocol.ResyncReason.HISTORY_LOST))
-        sub.go_live()

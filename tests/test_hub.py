@@ -1,4 +1,4 @@
-"""Snapshot then live, sans I/O: the hub skips exactly what a snapshot already shows.
+"""The hub, sans I/O: snapshot then live skips exactly what a snapshot already shows.
 
 The feed can lag behind a snapshot's read: changes the snapshot shows may be
 published after it was sent. The hub holds a subscription's events until the
@@ -8,13 +8,13 @@ after it) and drops, per document, the held changes the snapshot reflects.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from bson import Timestamp
 
 from realtime.events import Event, normalise
-from realtime.hub import Connection, Hub, Subscription
+from realtime.hub import Hub
+from realtime.subscription import Phase, Subscription
 
 Doc = dict[str, Any]
 
@@ -24,7 +24,7 @@ class Recorder(Subscription):
 
     __slots__ = ("sent",)
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Any) -> None:
         super().__init__(conn, "s", "c", {"open": True})
         self.sent: list[tuple[str, Any, Any]] = []
 
@@ -51,15 +51,20 @@ def change(t: int, op: str, key: str, doc: Doc | None = None, before: Doc | None
     return ev
 
 
-def subscribed() -> tuple[Hub, Recorder]:
-    async def send_async(message: str) -> None:
-        raise AssertionError("the recorder sends nothing")
+class Silent:
+    """An outlet that must not be used: the recorder sends nothing."""
 
-    conn = Connection(send_async=send_async, close=lambda code, reason: None,
-                      max_backlog=100)
+    max_backlog = 100
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the recorder sends nothing ({name})")
+
+
+def subscribed() -> tuple[Hub, Recorder]:
+    """A snapshot subscription while its snapshot is read (HOLDING)."""
     hub = Hub()
-    sub = Recorder(conn)
-    sub.pending = deque()
+    sub = Recorder(Silent())
+    sub.hold()
     hub.add(sub)
     return hub, sub
 
@@ -116,7 +121,7 @@ def test_leaving_and_deleted_documents_the_snapshot_omits_are_not_sent() -> None
     hub.settle(sub, shown(), horizon=(100, 5), poll=7)
     hub.quiet(7)
     assert sub.sent == []
-    assert sub.pending is None  # live
+    assert sub.phase is Phase.LIVE
 
 
 def test_without_later_events_an_empty_poll_begun_after_the_read_takes_it_live() -> None:
@@ -125,7 +130,7 @@ def test_without_later_events_an_empty_poll_begun_after_the_read_takes_it_live()
     hub.publish(change(5, "insert", "b", {"_version": 1, "open": True}))
     hub.quiet(6)  # began before the read finished: proves nothing
     assert sub.sent == []
-    assert sub.pending is not None
+    assert sub.phase is Phase.SETTLING
     hub.quiet(7)
     assert sub.sent == [("insert", "b", 1)]
     hub.publish(change(8, "insert", "d", {"_version": 1, "open": True}))
@@ -146,7 +151,7 @@ def test_a_feed_already_past_the_read_goes_live_at_once() -> None:
     hub, sub = subscribed()
     hub.publish(change(8, "insert", "z", {"_version": 1}, coll="other"))
     hub.settle(sub, shown(), horizon=(100, 5), poll=7)
-    assert sub.pending is None
+    assert sub.phase is Phase.LIVE
     hub.publish(change(9, "insert", "b", {"_version": 1, "open": True}))
     assert sub.sent == [("insert", "b", 1)]
 
@@ -156,4 +161,5 @@ def test_removing_a_settling_subscription_forgets_it() -> None:
     hub.settle(sub, shown(), horizon=(100, 5), poll=7)
     hub.remove(sub)
     hub.quiet(7)
-    assert sub.pending is not None  # never taken live after removal
+    assert sub.phase is Phase.ENDED  # never taken live after removal
+    assert sub.sent == []

@@ -1,0 +1,103 @@
+"""The service container and its lifespan: everything is created here, and stopped.
+
+Nothing is created at import time: the database client, the embedded server,
+the hub, the feed task and the catch-up tasks all live in :class:`Services`,
+built by :func:`running` and reached by routes through :mod:`realtime.api.deps`.
+Stopping closes every WebSocket with 1001, cancels and awaits every task,
+closes the client and stops the embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from realtime.auth import Authenticator
+from realtime.catchup import DatabaseHistory
+from realtime.config import Settings
+from realtime.db import Database
+from realtime.embedded import EmbeddedServer
+from realtime.hub import Hub
+from realtime.limits import Limits
+from realtime.protocol import CloseCode
+from realtime.sources.changestream import Feed
+from realtime.store import Store
+
+__all__ = ["Services", "running"]
+
+log = logging.getLogger("realtime.services")
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything the lifespan creates, shared by the routes."""
+
+    settings: Settings
+    db: Database
+    store: Store
+    hub: Hub
+    feed: Feed
+    history: DatabaseHistory
+    embedded: EmbeddedServer | None
+    auth: Authenticator
+    limits: Limits
+
+
+async def _start_embedded(settings: Settings) -> EmbeddedServer:
+    server = EmbeddedServer(
+        settings.data_dir,
+        port=settings.embedded_port,
+        sync_on_commit=settings.embedded_sync_on_commit,
+    )
+    server.spawn()
+    try:
+        await server.wait_ready_async(30.0)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@asynccontextmanager
+async def running(settings: Settings, auth: Authenticator,
+                  limits: Limits) -> AsyncIterator[Services]:
+    """Start the database (embedded unless a URI is set), the hub and the feed; stop them after.
+
+    Yields once the change stream is live, so no write after start-up is missed;
+    if the database is down after ``startup_wait_seconds``, yields anyway
+    (``/readyz`` says why).
+
+    Raises:
+        EmbeddedUnavailable: the embedded database could not start.
+    """
+    embedded = None
+    uri = settings.mongodb_uri
+    if uri is None:
+        embedded = await _start_embedded(settings)
+        uri = embedded.uri
+    db = Database(settings, uri)
+    hub = Hub(settings.ring_size)
+    feed = Feed(db, hub, settings)
+    history = DatabaseHistory(db, hub, settings, lambda: feed.polls)
+    services = Services(settings=settings, db=db, store=Store(db, settings), hub=hub,
+                        feed=feed, history=history, embedded=embedded, auth=auth,
+                        limits=limits)
+    feed.start()
+    try:
+        try:
+            await feed.wait_live(settings.startup_wait_seconds)
+        except TimeoutError:
+            log.warning("change stream not live after %.0f s; serving anyway",
+                        settings.startup_wait_seconds)
+        yield services
+    finally:
+        hub.close_all(CloseCode.GOING_AWAY, "server shutdown")
+        await history.stop()
+        await feed.stop()
+        await db.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        log.info("realtime stopped")
