@@ -20,8 +20,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-installed
 	exec $(BIN)/realtime serve
 
+# ruff, then the layers of the package (pyproject.toml: [tool.importlinter]).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 types: $(VENV)/.dev-installed
 	$(BIN)/mypy --strict realtime

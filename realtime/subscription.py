@@ -55,6 +55,10 @@ class Phase(Enum):
 
 #: The phases in which events are held back rather than sent.
 HELD = frozenset({Phase.HOLDING, Phase.SETTLING, Phase.CATCHING_UP})
+# (An enum member looked up once: ``Phase.LIVE`` costs a class attribute lookup
+# per delivery on the fan-out path.)
+_LIVE = Phase.LIVE
+_ENDED = Phase.ENDED
 
 
 class PhaseError(RuntimeError):
@@ -164,7 +168,7 @@ class Subscription:
     def deliver(self, ev: Event) -> None:
         """Send ``ev`` if it concerns us: now when LIVE, else hold it back."""
         phase = self.phase
-        if phase is Phase.LIVE:
+        if phase is _LIVE:
             floor = self.floor
             if floor is not None:
                 if ev.ct <= floor:
@@ -174,7 +178,7 @@ class Subscription:
             if op is not None:
                 self.send(op, ev)
             return
-        if phase is Phase.ENDED:
+        if phase is _ENDED:
             return
         op = self.decide(ev)
         if op is None:
