@@ -219,7 +219,7 @@ def check_exposure(settings: Settings) -> None:
     if settings.loopback_only and not is_loopback(settings.host):
         raise AuthConfigError(
             f"refusing to serve on {settings.host} without authentication: set "
-            "REALTIME_AUTH=apikey or jwt (README: Security), bind to 127.0.0.1, or pass "
+            "REALTIME_AUTH=apikey or jwt (docs/security.md), bind to 127.0.0.1, or pass "
             "--insecure (REALTIME_INSECURE=true) if the network is trusted")
 
 

@@ -52,7 +52,7 @@ class ApiKey(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Every tunable of the service; see the README's configuration table."""
+    """Every tunable of the service; see docs/operations.md, "Configuration"."""
 
     # Errors never echo the input: it may hold secrets (JWT secret, database password).
     model_config = SettingsConfigDict(env_prefix="REALTIME_", extra="ignore",
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="How long start-up waits for the change stream."
     )
 
-    # Security (README: Security)
+    # Security (docs/security.md)
     auth: Literal["none", "apikey", "jwt", "apikey+jwt"] = Field(
         default="none",
         description="none (loopback only), apikey, jwt, or apikey+jwt (either credential).",

@@ -12,7 +12,7 @@ The :class:`~prometheus_client.CollectorRegistry` is created by
 :func:`realtime.app.create_app` (never prometheus_client's global ``REGISTRY``),
 so several apps in one process (tests) each have their own metrics.
 
-Metric names (all prefixed ``realtime_``; the README's "Observability" has the full table):
+Metric names (all prefixed ``realtime_``; docs/operations.md has the full table):
 ``info{version,driver}``, ``websocket_connections``, ``subscriptions``,
 ``send_backlog_messages``, ``feed_events_total``, ``messages_sent_total``,
 ``slow_consumer_closes_total``, ``feed_restarts_total``, ``feed_catchups_total``,

@@ -8,7 +8,7 @@ never lose each other's changes.
 
 Lists are keyset-paginated (:mod:`realtime.paging`).
 
-Tenants (README: Security): every method takes an optional
+Tenants (docs/security.md): every method takes an optional
 :class:`realtime.auth.Tenant`. With one, reads and lists see only the tenant's
 documents (its clause is ANDed into the query), writes stamp the tenant field
 on the document and refuse a body that names another tenant (403), and

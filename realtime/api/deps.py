@@ -59,7 +59,7 @@ CollectionPath = Annotated[str, Path(
 
 # Declares the scheme in the OpenAPI schema; the header is read by get_principal.
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
-                     description="An API key or a JWT (README: Security).")
+                     description="An API key or a JWT (docs/security.md).")
 
 
 async def get_principal(

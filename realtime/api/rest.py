@@ -7,7 +7,7 @@ checked by :func:`realtime.codec.check_document` (422). Responses are encoded by
 :func:`realtime.codec.dumps`; every error is ``application/problem+json``.
 
 Every route needs credentials (401) and the collection's scope (403): reads
-``read:<collection>``, writes ``write:<collection>`` (README: Security), and
+``read:<collection>``, writes ``write:<collection>`` (docs/security.md), and
 is charged to the credential's rate limit (429). A principal with a tenant
 works only on its tenant's documents (:mod:`realtime.store`).
 """

@@ -6,7 +6,7 @@ pings: it parses and calls the hub, which starts each subscription
 (:meth:`realtime.hub.Hub.start`). Outgoing messages all go through the
 connection's ordered outbox (:class:`realtime.outbox.Outbox`).
 
-Security comes first (README: Security): a browser ``Origin`` that is not
+Security comes first (docs/security.md): a browser ``Origin`` that is not
 allowed is closed with 1008; a client address over its connection limit with
 1013. With authentication on, the credentials come from the ``Authorization:
 Bearer`` header, a ``bearer.<token>`` subprotocol, or the first message
