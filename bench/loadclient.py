@@ -1,7 +1,7 @@
 """A fast WebSocket load client (picows): many connections, counts every frame.
 
-Run by ``realtime bench`` as a separate process (several for large runs), never
-by hand; it talks to the runner with JSON lines on stdin/stdout:
+Run by the bench harness (``python -m bench``) as a separate process (several
+for large runs), never by hand; it talks to the runner with JSON lines on stdin/stdout:
 
 - the first stdin line is the configuration: ``url`` (a loopback ``ws://`` URL,
   or a list of URLs, one per connection), ``subscribe`` (one list of text frames
@@ -52,7 +52,7 @@ class Stats:
         self.disconnected = 0
 
 
-class Listener(WSListener):  # type: ignore[misc]
+class Listener(WSListener):
     """One connection: counts change frames, keeps sampled ones for latency."""
 
     def __init__(self, stats: Stats, messages: list[str], sampled: bool) -> None:
@@ -134,11 +134,12 @@ class LoadClient:
             async with slots:
                 messages = self.subscribe[index]
                 try:
-                    _, listener = await ws_connect(
+                    _, connected = await ws_connect(
                         lambda: Listener(self.stats, messages, index in self.sample),
                         self.urls[index], websocket_handshake_timeout=30,
                         max_frame_size=16 * 1024 * 1024)
-                    self.slots[index] = listener
+                    assert isinstance(connected, Listener)
+                    listener = self.slots[index] = connected
                     await asyncio.wait_for(listener.ready, 60)
                 except Exception as exc:  # reported to the runner, which fails the run
                     failures.append(f"{type(exc).__name__}: {exc}")

@@ -1,4 +1,4 @@
-"""The ``realtime`` command: ``serve``, ``db``, ``bench`` and the clients ``tail|get|put|ls``."""
+"""The ``realtime`` command: ``serve``, ``db`` and the clients ``tail|get|put|ls``."""
 
 from __future__ import annotations
 
@@ -445,46 +445,6 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGTERM)
     return 0
-
-
-@app.command()
-def bench(
-    scenario: Annotated[str, typer.Argument(
-        help="latency | fanout | filters | idle | naive | all | report (re-render results)")],
-    quick: Annotated[bool, typer.Option(
-        "--quick", help="A few connections and events per scenario (the CI smoke test).")
-    ] = False,
-    out: Annotated[Path | None, typer.Option(
-        help="Results directory [bench/results].")] = None,
-    profile: Annotated[bool, typer.Option(
-        "--profile", help="Record a py-spy profile of the server (on with `all`).")] = False,
-    clients: Annotated[int | None, typer.Option(
-        min=1, max=8, help="Load-client processes for large runs [1 or 2].")] = None,
-    sizes: Annotated[str | None, typer.Option(
-        help="Subscriber counts to run instead of the scenario's, e.g. 500,1000.")] = None,
-    driver: Annotated[str | None, typer.Option(
-        help="REALTIME_DRIVER of the realtime servers: motor or pymongo [the default].")
-    ] = None,
-) -> None:
-    """Run a benchmark; write JSON, a Markdown table and a PNG chart to bench/results/.
-
-    Starts its own database, servers and load processes on loopback. See bench/README.md.
-    """
-    from realtime.bench import Options, run
-
-    opts = Options(quick=quick, profile=profile, clients=clients)
-    if driver is not None:
-        opts.server_env["REALTIME_DRIVER"] = driver
-    if sizes:
-        try:
-            opts.sizes = tuple(int(size) for size in sizes.split(","))
-        except ValueError:
-            _fail(f"--sizes must be numbers separated by commas, not {sizes!r}", 2)
-    if out is not None:
-        opts.out = out
-    code = run(scenario, opts)
-    if code:
-        raise typer.Exit(code)
 
 
 @app.command()

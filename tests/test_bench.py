@@ -1,24 +1,33 @@
-"""``realtime bench SCENARIO --quick``: every scenario runs and delivers what it sent.
+"""``python -m bench SCENARIO --quick``: every scenario runs and delivers what it sent.
 
 The smoke test of bench/ (CI runs it): each scenario starts its own database,
 servers and load processes on loopback, with a few connections and events.
 Only correctness counts are asserted (everything sent was received, every
-filter got exactly its matches); never a time or a rate.
+filter got exactly its matches); never a time or a rate. Also: quick runs never
+write into the committed ``bench/results/``, and bad input is one line.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from realtime.bench import Options, run_scenario
+from bench.harness import RESULTS, Options, output_dir
+from bench.runner import run_scenario
+from bench.scenarios import SCENARIOS
 
 pytest.importorskip("picows", reason="the bench load client needs picows (dev extra)")
 
 pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def quick(name: str, out: Path) -> dict[str, Any]:
@@ -29,6 +38,13 @@ async def quick(name: str, out: Path) -> dict[str, Any]:
     assert (out / f"{name}.png").stat().st_size > 0
     assert data["runs"]
     return data
+
+
+def bench(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the source checkout, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 async def test_latency_quick(tmp_path: Path) -> None:
@@ -67,9 +83,89 @@ async def test_idle_quick(tmp_path: Path) -> None:
         assert run["rss_after_mib"] >= run["rss_before_mib"] > 0
 
 
-async def test_naive_quick(tmp_path: Path) -> None:
-    data = await quick("naive", tmp_path)
-    assert {run["server"] for run in data["runs"]} == {"realtime", "naive"}
+async def test_drivers_quick(tmp_path: Path) -> None:
+    data = await quick("drivers", tmp_path)
+    assert [run["driver"] for run in data["runs"]] == ["motor", "pymongo"]
     for run in data["runs"]:
-        assert run["paced_delivered"] == run["paced_expected"], run
-        assert run["burst_delivered"] == run["burst_expected"], run
+        assert run["insert_failures"] == 0, run
+        assert run["events_received"] == run["events_expected"] > 0, run
+        assert run["events_wrong"] == 0, run
+        assert run["rest_acked"] == run["rest_writes"] > 0, run
+        assert run["rest_failures"] == 0, run
+        assert run["ws_write_failures"] == 0, run
+        assert run["ws_delivered"] == run["ws_expected"] > 0, run
+        assert run["complete"]
+    assert set(data["medians"]) == {"motor", "pymongo"}
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in directory.rglob("*") if p.is_file()}
+
+
+def test_naive_quick_from_the_command_line() -> None:
+    """`python -m bench naive --quick` writes to a fresh directory it names, not bench/results."""
+    before = _snapshot(RESULTS)
+    done = bench("naive", "--quick", timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _snapshot(RESULTS) == before
+    lines = [line for line in done.stdout.splitlines() if line.startswith("results go to ")]
+    assert len(lines) == 1, done.stdout
+    out = Path(lines[0].removeprefix("results go to "))
+    try:
+        assert out.resolve() != RESULTS
+        assert RESULTS not in out.resolve().parents
+        data = orjson.loads((out / "naive.json").read_bytes())
+        assert data["quick"] is True
+        assert {run["server"] for run in data["runs"]} == {"realtime", "naive"}
+        for run in data["runs"]:
+            assert run["paced_delivered"] == run["paced_expected"], run
+            assert run["burst_delivered"] == run["burst_expected"], run
+        assert (out / "summary.md").exists()
+        # `report` re-renders from the JSON alone.
+        (out / "naive.md").unlink()
+        again = bench("report", "--out", str(out), timeout=60)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert (out / "naive.md").read_text().startswith("# naive (quick)")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_output_directory() -> None:
+    """Quick runs get a fresh temporary directory; full runs bench/results/; --out wins."""
+    first, second = output_dir(quick=True), output_dir(quick=True)
+    try:
+        assert first != second
+        for out in (first, second):
+            assert out.is_dir()
+            assert not any(out.iterdir())
+            assert RESULTS not in out.resolve().parents
+        assert output_dir(quick=False) == RESULTS
+        assert output_dir(quick=True, out=Path("elsewhere")) == Path("elsewhere")
+        assert Options(quick=False).results() == RESULTS
+    finally:
+        first.rmdir()
+        second.rmdir()
+
+
+@pytest.mark.parametrize("args", [
+    ("nosuch",),
+    (),
+    ("latency", "--sizes", "500,many"),
+    ("fanout", "--clients", "9"),
+    ("idle", "--driver", "mongo"),
+    ("naive", "--unknown-option"),
+])
+def test_bad_input_is_one_line(args: tuple[str, ...]) -> None:
+    done = bench(*args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("python -m bench: error: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_each_scenario_is_smoke_tested() -> None:
+    tested = {name.removeprefix("test_").split("_quick")[0]
+              for name in globals() if name.startswith("test_") and "_quick" in name}
+    assert tested == set(SCENARIOS)

@@ -1,0 +1,285 @@
+"""drivers: the two drivers behind ``realtime.db`` side by side, Motor and PyMongo's async API.
+
+Each round gives each driver a fresh SecantusDB (in memory); rounds alternate
+which driver goes first:
+
+- the seam, in this process through ``realtime.db`` only: ``insert_one``/s one
+  at a time and 16 concurrent, and insert → change-stream event latency
+  (``Database.watch`` in the same process, each event checked);
+- the server, a ``realtime serve`` subprocess with ``REALTIME_DRIVER`` set:
+  REST ``POST``/s through 16 keep-alive connections, and REST write →
+  WebSocket ``change`` latency at 100 writes/s for one subscriber (the load
+  client).
+
+The table gives the medians over the rounds. ``--driver`` does not apply: both
+drivers always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from bench import report
+from bench.harness import (
+    Load,
+    Options,
+    RestWriter,
+    Runs,
+    Stack,
+    latency_stats,
+    percentiles,
+)
+from bench.report import Row, fmt
+
+if TYPE_CHECKING:
+    from realtime.db import ChangeStream
+    from realtime.embedded import EmbeddedServer
+
+__all__ = ["DRIVERS", "RENDER", "medians", "run"]
+
+Driver = Literal["motor", "pymongo"]
+DRIVERS: tuple[Driver, ...] = ("motor", "pymongo")
+#: Concurrent inserts (seam) and keep-alive connections (REST).
+CONCURRENCY = 16
+#: The paced REST writer's rate for the WebSocket latency (writes/s).
+PACED_RATE = 100
+#: Seconds to wait for one change-stream event.
+EVENT_TIMEOUT = 10.0
+
+#: The figures whose medians the table shows: key, then (for percentiles) the percentile.
+FIGURES: tuple[tuple[str, str | None], ...] = (
+    ("insert_seq_per_s", None), ("insert_c16_per_s", None),
+    ("event_ms", "p50"), ("event_ms", "p99"), ("rest_c16_per_s", None),
+    ("ws_ms", "p50"), ("ws_ms", "p99"))
+
+
+async def run(opts: Options) -> dict[str, Any]:
+    """Run the scenario; return (and write) its report."""
+    rounds = opts.rounds or (1 if opts.quick else 3)
+    inserts = 100 if opts.quick else 2000
+    events = 20 if opts.quick else 200
+    ws_writes = 20 if opts.quick else 300
+    stack = Stack(opts)
+    runs: Runs = []
+    try:
+        for r in range(rounds):
+            for driver in DRIVERS if r % 2 == 0 else tuple(reversed(DRIVERS)):
+                db = await stack.database()
+                database = f"bench_{uuid.uuid4().hex[:8]}"
+                row: dict[str, Any] = {"driver": driver, "round": r + 1}
+                row |= await _seam(db.uri, database, driver, inserts, events)
+                row |= await _server(stack, db, database, driver, inserts, ws_writes)
+                await asyncio.to_thread(db.stop)
+                row["complete"] = (row["insert_failures"] == 0
+                                   and row["events_received"] == row["events_expected"]
+                                   and row["rest_acked"] == row["rest_writes"]
+                                   and row["ws_delivered"] == row["ws_expected"])
+                runs.append(row)
+                opts.log(f"drivers round {r + 1} {driver:<7}: insert_one "
+                         f"{row['insert_seq_per_s']:,.0f}/s (1 at a time), "
+                         f"{row['insert_c16_per_s']:,.0f}/s (16), insert → event p50 "
+                         f"{fmt(row['event_ms']['p50'], 2)} ms; REST "
+                         f"{row['rest_c16_per_s']:,.0f}/s, REST → WS p50 "
+                         f"{fmt(row['ws_ms']['p50'], 2)} ms p99 {fmt(row['ws_ms']['p99'], 2)} ms")
+    finally:
+        await stack.close()
+    return report.finish(opts, "drivers", runs, RENDER, medians=medians(runs))
+
+
+async def _next_event(stream: ChangeStream, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = await stream.try_next()
+        if event is not None:
+            return event
+    return None
+
+
+async def _seam(uri: str, database: str, driver: Driver, inserts: int,
+                events: int) -> dict[str, Any]:
+    """``insert_one`` rates and insert → event latency through ``realtime.db`` only."""
+    from realtime.config import Settings
+    from realtime.db import Database
+
+    db = Database(Settings(mongodb_uri=uri, driver=driver, database=database), uri)
+    failures = 0
+    try:
+        coll = db.collection("seam")
+        await db.prepare_collection("seam")
+        took: list[float] = []
+        start = time.perf_counter()
+        for i in range(inserts):
+            t = time.perf_counter_ns()
+            try:
+                await coll.insert_one({"i": i})
+            except Exception:  # counted: the run is then incomplete
+                failures += 1
+            took.append((time.perf_counter_ns() - t) / 1e6)
+        sequential = inserts / (time.perf_counter() - start)
+        free = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            async with free:
+                try:
+                    await coll.insert_one({"c": i})
+                except Exception:  # counted: the run is then incomplete
+                    failures += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(inserts)))
+        concurrent = inserts / (time.perf_counter() - start)
+
+        stream = await db.watch([{"$match": {"ns.coll": "lat"}}], max_await_time_ms=50)
+        latency: list[float] = []
+        wrong = 0
+        try:
+            lat = db.collection("lat")
+            for i in range(events):
+                sent = time.perf_counter()
+                await lat.insert_one({"i": i})
+                event = await _next_event(stream, EVENT_TIMEOUT)
+                if event is None:
+                    break
+                if event.get("fullDocument", {}).get("i") != i:
+                    wrong += 1
+                    continue
+                latency.append((time.perf_counter() - sent) * 1000)
+        finally:
+            await stream.close()
+    finally:
+        await db.close()
+    return {"inserts": inserts, "insert_failures": failures,
+            "insert_seq_per_s": round(sequential, 1), "insert_c16_per_s": round(concurrent, 1),
+            "insert_ms": percentiles(took),
+            "events_expected": events, "events_received": len(latency), "events_wrong": wrong,
+            "event_ms": percentiles(latency, events - len(latency))}
+
+
+async def _server(stack: Stack, db: EmbeddedServer, database: str, driver: Driver,
+                  writes: int, ws_writes: int) -> dict[str, Any]:
+    """REST write rate and REST write → WebSocket change latency on a real server."""
+    server = await stack.realtime(db.uri, database, {"REALTIME_DRIVER": driver})
+    try:
+        writer = await RestWriter(server.port, "rest", connections=CONCURRENCY).open()
+        try:
+            rest = await writer.run(writes, None)
+        finally:
+            await writer.close()
+        sub = orjson.dumps({"op": "subscribe", "sub": "s", "collection": "lat"}).decode()
+        load = await Load(stack, server.ws_url, [[sub]], sample=[0], processes=1).start()
+        paced = await RestWriter(server.port, "lat", connections=4).open()
+        try:
+            await load.reset()
+            log = await paced.run(ws_writes, PACED_RATE)
+            await load.wait(ws_writes, 20, idle=10)
+            got = await load.report()
+        finally:
+            await paced.close()
+            await load.stop()
+    finally:
+        await server.stop()
+    stats = latency_stats(got, log, ws_writes, 1)
+    return {"rest_writes": writes, "rest_acked": rest.count, "rest_failures": rest.failures,
+            "rest_c16_per_s": round(rest.rate(), 1), "rest_ack_ms": rest.ack_ms(),
+            "ws_writes": ws_writes, "ws_write_failures": log.failures,
+            "ws_expected": ws_writes, "ws_delivered": got.total,
+            "ws_ms": stats["sent_to_received_ms"], "client_cores": got.cpu_cores}
+
+
+def _figure(row: dict[str, Any], key: str, pct: str | None) -> float | None:
+    value = row[key] if pct is None else row[key][pct]
+    return None if value is None else float(value)
+
+
+def medians(runs: Runs) -> dict[str, dict[str, float | None]]:
+    """Per driver, the median of every figure over the rounds (None: never measured)."""
+    result: dict[str, dict[str, float | None]] = {}
+    for driver in DRIVERS:
+        mine = [r for r in runs if r["driver"] == driver]
+        if not mine:
+            continue
+        medians_of: dict[str, float | None] = {}
+        for key, pct in FIGURES:
+            values = [v for r in mine if (v := _figure(r, key, pct)) is not None]
+            name = key if pct is None else f"{key.removesuffix('_ms')}_{pct}_ms"
+            medians_of[name] = round(statistics.median(values), 3) if values else None
+        result[driver] = medians_of
+    return result
+
+
+def _ratio(m: dict[str, float | None]) -> float | None:
+    rest, direct = m["rest_c16_per_s"], m["insert_c16_per_s"]
+    return rest / direct if rest and direct else None
+
+
+def table(runs: Runs) -> str:
+    """The Markdown table of ``drivers.md``: medians over the rounds."""
+    lines = ["The two drivers behind `realtime.db`, medians over the rounds (a fresh "
+             "SecantusDB per driver and round). insert_one and insert → event: in process, "
+             "through `realtime.db` only. REST: a `realtime serve` process, 16 keep-alive "
+             "connections; REST → WS: one subscriber, 100 writes/s, request sent → change "
+             "received. Checked: events, REST writes and WebSocket changes received ÷ sent, "
+             "over every round.", "",
+             "| driver | rounds | insert_one/s (1 at a time) | insert_one/s (16 concurrent) "
+             "| insert → event p50 / p99 ms | REST POST/s (16 connections) "
+             "| REST ÷ insert_one (16) | REST → WS change p50 / p99 ms | checked |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for driver, m in medians(runs).items():
+        mine = [r for r in runs if r["driver"] == driver]
+        got = sum(r["events_received"] + r["rest_acked"] + r["ws_delivered"] for r in mine)
+        sent = sum(r["events_expected"] + r["rest_writes"] + r["ws_expected"] for r in mine)
+        ratio = _ratio(m)
+        lines.append(
+            f"| {driver} | {len(mine)} | {fmt(m['insert_seq_per_s'], 0)} "
+            f"| {fmt(m['insert_c16_per_s'], 0)} "
+            f"| {fmt(m['event_p50_ms'], 2)} / {fmt(m['event_p99_ms'], 2)} "
+            f"| {fmt(m['rest_c16_per_s'], 0)} | {'—' if ratio is None else f'{ratio:.0%}'} "
+            f"| {fmt(m['ws_p50_ms'], 2)} / {fmt(m['ws_p99_ms'], 2)} | {got:,} / {sent:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(runs: Runs, path: Path) -> None:
+    """``drivers.png``: rates and latencies, one bar per driver."""
+    fig, (ax1, ax2) = report.figure(2, 5.2)
+    m = medians(runs)
+    drivers = list(m)
+    groups = (
+        (ax1, (("insert_seq_per_s", "insert_one, 1 at a time"),
+               ("insert_c16_per_s", "insert_one, 16 concurrent"),
+               ("rest_c16_per_s", "REST POST, 16 connections")), "per second"),
+        (ax2, (("event_p50_ms", "insert → event p50"), ("event_p99_ms", "insert → event p99"),
+               ("ws_p50_ms", "REST → WS p50"), ("ws_p99_ms", "REST → WS p99")), "ms"))
+    for ax, figures, unit in groups:
+        width = 0.8 / max(1, len(drivers))
+        for k, driver in enumerate(drivers):
+            xs = [i + (k - (len(drivers) - 1) / 2) * width for i in range(len(figures))]
+            ax.bar(xs, [m[driver][key] or 0.0 for key, _ in figures], width, label=driver)
+        ax.set_xticks(range(len(figures)), [label for _, label in figures], fontsize=7,
+                      rotation=15)
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=8)
+    ax1.set_title("throughput (median over rounds)")
+    ax2.set_title("latency (median over rounds)")
+    report.save(fig, path)
+
+
+def summary(runs: Runs) -> list[Row]:
+    """REST writes/s against the driver's own, per driver."""
+    rows: list[Row] = []
+    for driver, m in medians(runs).items():
+        ratio = _ratio(m)
+        rows.append((f"REST writes/s vs driver writes/s ({driver}, 16 concurrent)",
+                     f"{fmt(m['rest_c16_per_s'], 0)} / {fmt(m['insert_c16_per_s'], 0)}"
+                     f" = {'—' if ratio is None else f'{ratio:.0%}'}", "≥ 80 %"))
+    return rows
+
+
+RENDER = report.Renderer(table=table, chart=chart, summary=summary)
