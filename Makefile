@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint types pytest pytest-pymongo clean
+.PHONY: run test lint types pytest pytest-pymongo test-lowest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/lint-imports --no-cache
 
 types: $(VENV)/.dev-installed
-	$(BIN)/mypy --strict realtime
+	$(BIN)/mypy --strict realtime bench
 
 # Two workers (pytest-xdist), one test file each at a time: the tests mostly wait
 # on sockets and subprocesses, so two cores run them in about two thirds the time.
@@ -37,21 +37,52 @@ pytest: $(VENV)/.dev-installed
 
 # Every test that runs the service against the database, once more on the second
 # driver (PyMongo's asyncio API; Motor, the default, ran them in `pytest`). Left
-# out: pure logic (query, protocol, codec, server, snapshot settling), driver-blind files
-# (deploy files, benchmarks' own servers, `make run`, the browser pages) and
-# test_driver.py, which runs both drivers itself.
-DRIVER_BLIND := test_codec.py test_protocol.py test_query.py test_query_property.py \
-                test_server.py test_snapshot_settle.py test_deploy.py test_bench.py test_run.py \
-                test_driver.py e2e
+# out: modules marked `driver_blind` (pytestmark), whose outcome does not depend on
+# REALTIME_DRIVER: pure logic (codec, query, protocol, subscription, index, hub,
+# outbox, server), property tests reading the database through a client of their own
+# (query, events), deploy files, benchmarks' own servers, `make run`, the browser
+# pages (tests/e2e) and test_driver.py, which runs both drivers itself.
 # PyMongo 4.20's asyncio client was once seen (in CI, not reproduced since) to leave
 # two idle pooled connections to the garbage collector after closing, which then
 # failed whichever later test the collection ran in: in this pass an unclosed
 # socket or transport is not an error. The Motor pass keeps every warning an error.
 pytest-pymongo: $(VENV)/.dev-installed
 	REALTIME_DRIVER=pymongo $(BIN)/pytest $(XDIST) -W "ignore:unclosed:ResourceWarning" \
-	    $(addprefix --ignore=tests/,$(DRIVER_BLIND)) $(PYTEST_ARGS)
+	    -m "not driver_blind" $(PYTEST_ARGS)
 
-test: lint types pytest pytest-pymongo
+test: lint types pytest pytest-pymongo test-lowest
+
+# The server and WebSocket tests once more, on the lowest versions pyproject.toml
+# allows of the packages whose APIs (and, through realtime/_compat.py, internals)
+# they exercise: .ci/lowest.py reads the pins from pyproject.toml. A venv of its own,
+# reinstalled when the requirements it derives change. Both drivers, as in `make test`.
+LOWEST       := .venv-lowest
+LOWEST_TESTS := tests/test_compat.py tests/test_server.py tests/test_ws.py tests/test_client.py
+
+$(LOWEST)/bin/python:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet --upgrade pip
+
+$(LOWEST)/requirements.txt: pyproject.toml .ci/lowest.py | $(LOWEST)/bin/python
+	$(LOWEST)/bin/python .ci/lowest.py > $@.new
+	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(LOWEST)/.installed: $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/pip install --quiet -r $< && $(LOWEST)/bin/pip install --quiet --no-deps -e .
+	$(LOWEST)/bin/pip check
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python .ci/lowest.py --check
+	$(LOWEST)/bin/pytest -p no:cacheprovider $(LOWEST_TESTS) $(PYTEST_ARGS)
+	REALTIME_DRIVER=pymongo $(LOWEST)/bin/pytest -p no:cacheprovider \
+	    -W "ignore:unclosed:ResourceWarning" -m "not driver_blind" $(LOWEST_TESTS) $(PYTEST_ARGS)
+
+# Benchmarks (bench/README.md): `make bench SCENARIO=fanout BENCH_ARGS=--quick`.
+# Full runs write to bench/results/, --quick runs to a fresh temporary directory.
+SCENARIO ?= all
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench $(SCENARIO) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache

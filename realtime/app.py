@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from realtime import __version__
+from realtime import __version__, _compat
 from realtime.api import health, rest, ws
 from realtime.api.headers import SecurityHeadersMiddleware
 from realtime.api.problems import install_handlers
@@ -74,8 +74,7 @@ class RealtimeApp(FastAPI):
 
     def _telemetry_on(self) -> bool:
         """True if FastAPI's own OpenTelemetry instrumentation would trace requests."""
-        telemetry = getattr(self, "_native_telemetry", None)
-        return telemetry is not None and bool(telemetry.enabled())
+        return _compat.fastapi_telemetry_on(self)
 
 
 def _install_security(app: FastAPI, settings: Settings, limits: Limits) -> None:

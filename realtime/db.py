@@ -57,6 +57,7 @@ from pymongo.errors import (
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from realtime import _compat
 from realtime.config import Settings
 from realtime.errors import (
     DatabaseUnavailable,
@@ -179,11 +180,10 @@ class _HealthLogger(monitoring.ServerHeartbeatListener, monitoring.ServerListene
         log.debug("database server %s added to topology", event.server_address)
 
     def description_changed(self, event: Any) -> None:
-        old, new = event.previous_description.server_type_name, event.new_description.server_type
-        if old != event.new_description.server_type_name:
-            log.info("database %s is now %s (was %s)", event.server_address,
-                     event.new_description.server_type_name, old)
-        del new
+        old = event.previous_description.server_type_name
+        new = event.new_description.server_type_name
+        if old != new:
+            log.info("database %s is now %s (was %s)", event.server_address, new, old)
 
     def closed(self, event: Any) -> None:
         log.debug("database server %s removed from topology", event.server_address)
@@ -216,7 +216,8 @@ class ChangeStream:
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
         """The post-batch resume token (known before any event arrives)."""
-        token = self._stream.resume_token
+        # (A Motor stream not opened yet raises AttributeError: no token yet.)
+        token = getattr(self._stream, "resume_token", None)
         return token if token is None else dict(token)
 
     async def try_next(self) -> dict[str, Any] | None:
@@ -396,16 +397,6 @@ class Database:
         """Raises DatabaseUnavailable unless the database answers."""
         await _call(self._client.admin.command("ping"))
 
-    async def command(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """Run a database command (used by tests and the feed's oplog probe)."""
-        result: dict[str, Any] = await _call(self._db.command(dict(command)))
-        return result
-
-    async def admin_command(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """Run an admin command (e.g. ``configureFailPoint`` in tests)."""
-        result: dict[str, Any] = await _call(self._client.admin.command(dict(command)))
-        return result
-
     async def oldest_oplog_time(self) -> tuple[int, int] | None:
         """Cluster time of the oldest oplog entry, or None if it cannot be read."""
         try:
@@ -479,7 +470,7 @@ class Database:
             stream = self._db.watch(list(pipeline), **options)
             # Open the server cursor now (Motor opens it lazily on a worker thread), so
             # errors surface here and the post-batch resume token is known at once.
-            await asyncio.get_running_loop().run_in_executor(None, stream._lazy_init)
+            await _compat.open_motor_change_stream(stream)
         return ChangeStream(stream)
 
     async def close(self) -> None:

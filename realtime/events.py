@@ -183,7 +183,8 @@ def normalise(raw: Mapping[str, Any]) -> Event | None:
         description = raw.get("updateDescription") or {}
         updated = description.get("updatedFields") or {}
         removed = list(description.get("removedFields") or ())
-        changed = frozenset(p.split(".", 1)[0] for p in (*updated, *removed))
+        truncated = [t["field"] for t in description.get("truncatedArrays") or ()]
+        changed = frozenset(p.split(".", 1)[0] for p in (*updated, *removed, *truncated))
         updated_json = dumps_str(updated)
         if before is not None:
             with contextlib.suppress(ValueError):  # else keep the looked-up document

@@ -255,11 +255,6 @@ class Hub:
         """Write every message held by the current batch."""
         self.batcher.flush()
 
-    @property
-    def batches(self) -> int:
-        """Batches written, since start (a busy feed writes in batches)."""
-        return self.batcher.batches
-
     def advance(self, token: str) -> None:
         """Note a new stream position without an event (a post-batch token)."""
         self.position = token

@@ -158,11 +158,6 @@ class Index:
                     del self.ranges[key[1]]
         return True
 
-    @property
-    def indexed(self) -> bool:
-        """True if some subscription is indexed."""
-        return bool(self.equal or self.ranges)
-
     def targets(self, ev: Event) -> Iterable[Subscription]:
         """The subscriptions that may receive ``ev``: the general ones, then candidates."""
         if not (self.equal or self.ranges):

@@ -105,7 +105,7 @@ class Batcher:
     it opened, or by the next event that finds it that old.
     """
 
-    __slots__ = ("_clock", "_handle", "active", "batches", "busy", "delay", "dirty", "gap",
+    __slots__ = ("_clock", "_handle", "active", "busy", "delay", "dirty", "gap",
                  "last_end", "last_start", "load", "loaded", "opened", "policy")
 
     def __init__(self, policy: BatchPolicy | None = None, clock: Clock = time.monotonic) -> None:
@@ -129,8 +129,6 @@ class Batcher:
         self.gap = 1.0
         #: True while ``load`` says the hub is loaded (with hysteresis).
         self.loaded = False
-        #: Batches written, since start.
-        self.batches = 0
 
     def begin(self) -> float:
         """A fan-out begins: account for it and decide whether it batches.
@@ -181,7 +179,6 @@ class Batcher:
         started = self._clock()
         for outbox in dirty:
             outbox.flush()
-        self.batches += 1
         took = self._clock() - started
         self.busy += took
         self.delay = min(self.policy.max_delay, max(self.policy.min_delay, took))

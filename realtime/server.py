@@ -1,14 +1,18 @@
 """Running the app under uvicorn, with a small hook into its WebSocket protocol.
 
-:class:`RealtimeWebSocketProtocol` subclasses uvicorn's sans-I/O WebSocket
-protocol to (1) expose the connection's writability through the ASGI scope
-extension ``realtime.writable``: a dict with ``event`` (an :class:`asyncio.Event`
+The hook (built by :func:`realtime._compat.websocket_protocol`, where every use
+of uvicorn's and websockets' internals lives) subclasses uvicorn's sans-I/O
+WebSocket protocol to (1) expose the connection's writability through the ASGI
+scope extension ``realtime.writable``: a dict with ``event`` (a :class:`Flag`
 set while the transport accepts writes), ``send_now`` (write one text frame
 synchronously: a :class:`FrameWriter`, which can also write frames the hub
 encoded once for many connections) and ``close_now`` (send a close frame at
 once, even to a peer that stopped reading), so the hub can send inline to
 writable connections and queue only for paused ones; (2) close connections with
-1001 (going away) rather than 1012 when the server shuts down.
+1001 (going away) rather than 1012 when the server shuts down. If uvicorn's
+protocol is not what the hook was written for, :func:`make_server` logs one
+warning and serves with uvicorn's stock protocol: no extension, and
+:mod:`realtime.api.ws` sends with ``send_text`` and closes in a task.
 
 The server runs on uvloop with the httptools HTTP parser (both come with
 ``uvicorn[standard]``; uvicorn falls back to asyncio and h11 without them).
@@ -19,8 +23,9 @@ the per-message CPU the server spends outside the ``send`` system call.
 
 An idle connection's memory is mostly what this protocol keeps (DESIGN.md §8:
 10,000 idle subscribers at 25 KB each at most): the protocol's attributes live
-in slots, the handshake request is let go once answered (:func:`_forget_request`),
-and the receive queue and writability flag are lighter than asyncio's.
+in slots, the handshake request is let go once answered
+(:func:`realtime._compat.forget_request`), and the receive queue
+(:class:`Inbox`) and writability flag (:class:`Flag`) are lighter than asyncio's.
 """
 
 from __future__ import annotations
@@ -30,22 +35,18 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
-from types import FrameType, GeneratorType
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, Protocol
 
 import uvicorn
-from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import Protocol, State
-from websockets.server import ServerProtocol
-from websockets.streams import StreamReader
 
+from realtime import _compat
 from realtime.config import Settings
 from realtime.protocol import text_frame
 
-__all__ = ["WRITABLE_EXTENSION", "Flag", "FrameWriter", "Inbox", "RealtimeServer",
-           "RealtimeWebSocketProtocol", "make_server", "notify_ready", "wait_started"]
+__all__ = ["HOOK", "WRITABLE_EXTENSION", "Flag", "FrameWriter", "Inbox", "RealtimeServer",
+           "make_server", "notify_ready", "wait_started", "websocket_protocol"]
 
 log = logging.getLogger("realtime.server")
 
@@ -115,6 +116,9 @@ class Inbox:
     def put_nowait(self, item: Any) -> None:
         """Append ``item`` and wake one waiter."""
         self._items.append(item)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         waiters = self._waiters
         while waiters:
             waiter = waiters.pop(0)
@@ -125,10 +129,6 @@ class Inbox:
     def empty(self) -> bool:
         """True if no event waits."""
         return not self._items
-
-    def qsize(self) -> int:
-        """How many events wait."""
-        return len(self._items)
 
     async def get(self) -> Any:
         """The oldest event, once there is one."""
@@ -143,10 +143,27 @@ class Inbox:
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
                 if waiter.done() and not waiter.cancelled() and self._items:
-                    self.put_nowait(self._items.pop(0))  # pass the wake-up on
-                    raise
+                    self._wake_one()  # pass the wake-up on (the events keep their order)
                 raise
         return self._items.pop(0)
+
+
+class HookedProtocol(Protocol):
+    """What the hooked uvicorn protocol offers the :class:`FrameWriter` and the extension."""
+
+    writable: Flag
+
+    def send_now(self, text: str) -> None:
+        """Write one text frame now."""
+
+    def write_frames(self, data: bytes) -> None:
+        """Write ready-made frames now."""
+
+    def frames_ok(self) -> bool:
+        """True if the connection negotiated no extension."""
+
+    def close_now(self, code: int, reason: str = "") -> None:
+        """Send a close frame now."""
 
 
 class FrameWriter:
@@ -160,153 +177,50 @@ class FrameWriter:
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: RealtimeWebSocketProtocol) -> None:
+    def __init__(self, protocol: HookedProtocol) -> None:
         self._protocol = protocol
 
     def __call__(self, text: str) -> None:
         """Write one text frame now (the caller checked writability).
 
         Raises:
-            ClientDisconnected: the connection is closed or closing.
+            ClientDisconnected: (uvicorn's) the connection is closed or closing.
         """
         self._protocol.send_now(text)
 
     def frames_ok(self) -> bool:
         """True if frames from :func:`realtime.protocol.text_frame` may be written as-is."""
-        return not self._protocol.conn.extensions
+        return self._protocol.frames_ok()
 
     def write(self, data: bytes) -> None:
         """Write ready-made frames (only if :meth:`frames_ok`).
 
         Raises:
-            ClientDisconnected: the connection is closed or closing.
+            ClientDisconnected: (uvicorn's) the connection is closed or closing.
         """
         self._protocol.write_frames(data)
 
 
-def _forget_request(conn: ServerProtocol) -> None:
-    """Let the handshake request go once it is parsed (it was kept alive for good).
+def _exposed(protocol: HookedProtocol) -> dict[str, Any]:
+    """The value of the ``realtime.writable`` scope extension for ``protocol``."""
+    return {"event": protocol.writable, "send_now": FrameWriter(protocol),
+            "close_now": protocol.close_now}
 
-    ``websockets`` parses the request and then the frames in one generator,
-    whose frame holds the request (its headers: 2 to 3 KB) for the life of
-    the connection. When that generator waits at a frame boundary, it is
-    swapped for the frame parser alone, which reads the same buffer. (It always
-    does under uvicorn, which hands the protocol the request alone; a parser
-    inside a frame is kept as it is.)
+
+#: The hook installed into uvicorn's WebSocket protocol.
+HOOK = _compat.ProtocolHook(WRITABLE_EXTENSION, inbox=Inbox, flag=Flag, exposed=_exposed,
+                            frame=text_frame)
+
+
+def websocket_protocol(
+    load: Callable[[], type[Any]] = _compat.load_sansio_protocol,
+) -> type[asyncio.Protocol] | None:
+    """uvicorn's WebSocket protocol with :data:`HOOK`, or None if it cannot be installed.
+
+    None comes after one warning (see :func:`realtime._compat.websocket_protocol`);
+    ``load`` returns the uvicorn class to subclass (tests inject one that fails).
     """
-    parser = conn.parser
-    inner: Any = parser
-    while isinstance(inner, GeneratorType) and inner.gi_yieldfrom is not None:
-        inner = inner.gi_yieldfrom
-    if getattr(inner, "gi_code", None) is not _AT_EOF:
-        return  # inside a frame (a client that did not wait): keep it
-    fresh = Protocol.parse(conn)
-    next(fresh)  # waits at the same boundary
-    conn.parser = fresh
-    parser.close()
-
-
-_AT_EOF = StreamReader.at_eof.__code__
-
-
-class RealtimeWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol with a writability hook and 1001 on shutdown.
-
-    The attributes live in slots rather than in the instance dict (uvicorn sets
-    over 30, which makes the dict a 1.6 KB table per connection); an attribute
-    a later uvicorn adds still works, in the dict.
-    """
-
-    __slots__ = (
-        "app", "app_state", "asgi_version", "client", "close_sent", "close_timeout",
-        "close_timer", "config", "conn", "connections", "curr_msg_data_type",
-        "default_headers", "disconnected", "frames", "handshake_complete",
-        "handshake_initiated", "initial_response", "last_ping_rtt", "logger", "loop",
-        "pending_ping_payload", "ping_interval", "ping_sent_at", "ping_timeout",
-        "ping_timer", "pong_timer", "queue", "read_paused", "request", "response",
-        "root_path", "scheme", "scope", "server", "tasks", "transport", "writable",
-    )
-
-    #: Seconds a closed connection may take to acknowledge before it is dropped.
-    abort_after = 5.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Lighter than asyncio's (an idle connection's memory is mostly such objects).
-        self.queue = Inbox()  # type: ignore[assignment]
-        writable = Flag()
-        writable.set()
-        self.writable = writable  # type: ignore[assignment]
-
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None:
-            self.request = None  # type: ignore[assignment]  # (the response answers it)
-            _forget_request(self.conn)
-            scope["extensions"][WRITABLE_EXTENSION] = {
-                "event": self.writable,
-                "send_now": FrameWriter(self),
-                "close_now": self.close_now,
-            }
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if self.handshake_complete and getattr(self, "response", None) is not None:
-            # The handshake is done: its request and response are garbage now.
-            self.request = self.response = None  # type: ignore[assignment]
-
-    def send_now(self, text: str) -> None:
-        """Write one text frame now (the caller checked writability).
-
-        Raises:
-            ClientDisconnected: the connection is closed or closing.
-        """
-        conn = self.conn
-        if conn.extensions:  # e.g. permessage-deflate: websockets frames it
-            self._check_open()
-            conn.send_text(text.encode())
-            self.transport.write(b"".join(conn.data_to_send()))
-        else:
-            self.write_frames(text_frame(text.encode()))
-
-    def write_frames(self, data: bytes) -> None:
-        """Write ready-made frames now.
-
-        Raises:
-            ClientDisconnected: the connection is closed or closing.
-        """
-        self._check_open()
-        self.transport.write(data)
-
-    def _check_open(self) -> None:
-        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
-            raise ClientDisconnected()
-
-    def close_now(self, code: int, reason: str = "") -> None:
-        """Send a close frame now; drop the TCP connection if the peer does not answer."""
-        if self.close_sent or self.disconnected or self.transport.is_closing():
-            return
-        self.stop_keepalive()
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.conn.send_close(code, reason)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.abort_after, self.transport.abort)
-
-    def shutdown(self) -> None:
-        if self.handshake_complete and not self.close_sent and not self.transport.is_closing():
-            self.stop_keepalive()
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
-            self.conn.send_close(1001, "server shutdown")
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.transport.close()
-            return
-        super().shutdown()
+    return _compat.websocket_protocol(HOOK, load)
 
 
 def notify_ready(environ: Mapping[str, str] = os.environ) -> bool:
@@ -352,18 +266,29 @@ class RealtimeServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        if sig in (signal.SIGTERM, signal.SIGINT) and self._captured_signals[-1:] == [sig]:
-            self._captured_signals.pop()
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            _compat.forget_captured_signal(self, sig)
 
 
-def make_server(app: Any, settings: Settings, *, log_config: Any = None) -> RealtimeServer:
-    """A uvicorn server for ``app`` configured from ``settings``."""
+def make_server(
+    app: Any,
+    settings: Settings,
+    *,
+    log_config: Any = None,
+    load_ws_protocol: Callable[[], type[Any]] = _compat.load_sansio_protocol,
+) -> RealtimeServer:
+    """A uvicorn server for ``app`` configured from ``settings``.
+
+    Its WebSocket protocol is uvicorn's with the writability hook, or, if the hook
+    cannot be installed (one warning), uvicorn's stock protocol. ``load_ws_protocol``
+    returns the uvicorn class the hook subclasses (tests inject one that fails).
+    """
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         # loop and http stay "auto": uvloop and httptools when installed (they are).
-        ws=RealtimeWebSocketProtocol,
+        ws=websocket_protocol(load_ws_protocol) or "auto",
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.heartbeat_seconds,
         ws_ping_timeout=settings.heartbeat_seconds,
@@ -379,7 +304,8 @@ async def wait_started(server: RealtimeServer, task: asyncio.Task[None], timeout
     """Wait until ``server`` listens; return its port (useful with port 0).
 
     Raises:
-        RuntimeError: the server task ended during start-up.
+        RuntimeError: the server task ended during start-up, or uvicorn did not
+            say on which socket it listens (see :func:`realtime._compat.listening_sockets`).
         TimeoutError: it did not listen within ``timeout`` seconds.
     """
     listening = asyncio.ensure_future(server.listening.wait())
@@ -393,6 +319,8 @@ async def wait_started(server: RealtimeServer, task: asyncio.Task[None], timeout
             task.result()
             raise RuntimeError("server stopped during start-up")
         raise TimeoutError(f"the server did not listen within {timeout} s")
-    sockets = [s for srv in server.servers for s in (srv.sockets or ())]
+    sockets = _compat.listening_sockets(server)
+    if not sockets:
+        raise RuntimeError("the server listens, but on no socket realtime can see")
     port: int = sockets[0].getsockname()[1]
     return port

@@ -2,25 +2,23 @@
 
 One SecantusDB (``:memory:``) serves the whole run; each test gets its own
 database name, so tests are isolated without restarting the server. Fault tests
-start fresh servers of their own with :func:`fresh_mongo`.
+start servers of their own (:class:`realtime.embedded.EmbeddedServer`). The
+helpers the fixtures use live in :mod:`tests.helpers`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from realtime.app import create_app
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
-from realtime.server import make_server, wait_started
+from tests.helpers import LiveServer, live_server, running_app
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
@@ -63,14 +61,6 @@ def settings(mongo: EmbeddedServer) -> Settings:
     )
 
 
-@asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[Any]:
-    """The app with its lifespan running (no socket)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
-
-
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[Any]:
     async with running_app(settings) as application:
@@ -83,45 +73,6 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c
-
-
-class LiveServer:
-    """A real uvicorn server on a free loopback port, in the test's event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
-        self.server = make_server(self.app, settings)
-        self.task: asyncio.Task[None] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    async def start(self) -> LiveServer:
-        self.task = asyncio.create_task(self.server.serve())
-        self.port = await wait_started(self.server, self.task, 30)
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.server.should_exit = True
-            await asyncio.wait_for(self.task, 15)
-            self.task = None
-
-
-@asynccontextmanager
-async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    server = await LiveServer(settings).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

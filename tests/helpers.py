@@ -1,8 +1,20 @@
-"""Test helpers: a small WebSocket test client and a subprocess server."""
+"""Test helpers shared by the test modules (fixtures stay in conftest.py).
+
+- the app in-process (:func:`running_app`, :func:`asgi_client`) and on a real
+  uvicorn server in the test's event loop (:class:`LiveServer`, :func:`serving`);
+- ``python -m realtime serve`` as a subprocess (:class:`ServerProcess`);
+- WebSocket clients (:class:`WSClient`, :class:`RawClient`);
+- credentials and settings for the auth modes (:func:`apikey_settings`,
+  :func:`jwt_settings`, :func:`hs256`, :func:`bearer`);
+- a server fail point as a context manager (:func:`fail_point`);
+- waiting for a state with a timeout (:func:`wait_until`, :func:`until`,
+  :func:`notified`), never for a fixed time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import select
 import shutil
@@ -12,16 +24,170 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
+from pymongo import AsyncMongoClient
 from websockets.asyncio.client import ClientConnection, connect
 
+from realtime.app import create_app
+from realtime.config import Settings
 from realtime.embedded import free_port
+from realtime.server import RealtimeServer, make_server, wait_started
+
+#: How long a browser test waits for a page condition (Playwright, milliseconds).
+BROWSER_TIMEOUT_MS = 10_000
+
+# ------------------------------------------------------------------ the app
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Any]:
+    """The app with its lifespan running (no socket)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app (lifespan running) behind an in-process HTTP client."""
+    async with running_app(settings) as application:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+@asynccontextmanager
+async def serving(server: RealtimeServer, timeout: float = 30.0) -> AsyncIterator[int]:
+    """Run a uvicorn server in this event loop for the block; yield the port it listens on.
+
+    Raises:
+        RuntimeError: the server stopped during start-up.
+        TimeoutError: it did not listen within ``timeout`` seconds.
+    """
+    task = asyncio.create_task(server.serve())
+    try:
+        port = await wait_started(server, task, timeout)
+    except BaseException:
+        server.should_exit = True
+        await asyncio.wait({task}, timeout=15)  # its error, if any, is the one raised
+        raise
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+class LiveServer:
+    """The app on a real uvicorn server on a free loopback port, in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.server = make_server(self.app, settings)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """A :class:`LiveServer` for ``settings``, listening for the block."""
+    live = LiveServer(settings)
+    async with serving(live.server) as port:
+        live.port = port
+        yield live
+
+
+# ------------------------------------------------------------------ credentials
+
+#: The HS256 secret of :func:`jwt_settings` and :func:`hs256`.
+SECRET = "test-secret-" + "x" * 32
+
+
+def sha(key: str) -> str:
+    """The hex SHA-256 of an API key, as REALTIME_API_KEYS lists it."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def derive(base: Settings, **overrides: Any) -> Settings:
+    """``base`` with ``overrides``, validated again."""
+    data = base.model_dump()
+    data.update(overrides)
+    return Settings(**data)
+
+
+def apikey_settings(base: Settings, keys: dict[str, dict[str, Any]], **overrides: Any
+                    ) -> Settings:
+    """Mode apikey with ``keys``: {key: {"scopes": [...], "tenant": ...}}."""
+    entries = [{"sha256": sha(key), **spec} for key, spec in keys.items()]
+    return derive(base, auth="apikey", api_keys=entries, **overrides)
+
+
+def hs256(claims: dict[str, Any], secret: str = SECRET, **headers: Any) -> str:
+    """A HS256 JWT with ``exp`` one hour ahead unless given (JWT times are Unix times)."""
+    body = {"exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(body, secret, algorithm="HS256", headers=headers or None)
+
+
+def jwt_settings(base: Settings, **overrides: Any) -> Settings:
+    """Mode jwt, HS256 with SECRET unless another key source is given."""
+    return derive(base, **{"auth": "jwt", "jwt_secret": SECRET, **overrides})
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header carrying ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+# ------------------------------------------------------------------ the database
+
+
+@asynccontextmanager
+async def fail_point(client_or_uri: str | AsyncMongoClient[Any], name: str = "failCommand", *,
+                     data: Mapping[str, Any] | None = None,
+                     mode: str | Mapping[str, Any] | None = None,
+                     times: int = 1) -> AsyncIterator[None]:
+    """The server's fail point ``name`` armed for the block, turned off on exit.
+
+    Like PyMongo's own tests' ``fail_point``: ``mode`` is ``{"times": times}``
+    unless given (``"alwaysOn"``, ``{"skip": n}``...), ``data`` the fail point's
+    data (for ``failCommand``: ``failCommands``, ``errorCode``, ``appName``...).
+    Given a URI, a client of its own is opened and closed; the server must run
+    with test commands enabled.
+    """
+    own = isinstance(client_or_uri, str)
+    client: AsyncMongoClient[Any] = (
+        AsyncMongoClient(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri)
+    command: dict[str, Any] = {"configureFailPoint": name,
+                               "mode": {"times": times} if mode is None else mode}
+    if data is not None:
+        command["data"] = dict(data)
+    try:
+        await client.admin.command(command)
+        try:
+            yield
+        finally:
+            await client.admin.command({"configureFailPoint": name, "mode": "off"})
+    finally:
+        if own:
+            await client.close()
+
+
+# ------------------------------------------------------------------ WebSocket clients
 
 
 class WSClient:

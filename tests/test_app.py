@@ -13,7 +13,7 @@ from realtime.api import ws
 from realtime.app import RealtimeApp
 from realtime.config import Settings
 from realtime.logs import current_request_id
-from tests.conftest import running_app
+from tests.helpers import running_app
 
 
 async def _session(app: RealtimeApp, root_path: str,

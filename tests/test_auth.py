@@ -8,11 +8,8 @@ rule: reads need ``read:<collection>``, writes need ``write:<collection>``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,55 +36,20 @@ from realtime.auth import (
 from realtime.cli import app as cli_app
 from realtime.config import Settings
 from realtime.limits import Limits, RateLimiter, origin_allowed
-from tests.conftest import running_app
+from tests.helpers import (
+    SECRET,
+    apikey_settings,
+    asgi_client,
+    bearer,
+    derive,
+    hs256,
+    jwt_settings,
+    sha,
+)
 
 DOCS = "/api/collections/{}/documents"
-SECRET = "test-secret-" + "x" * 32
 
-# ------------------------------------------------------------------ helpers
-
-
-def sha(key: str) -> str:
-    """The hex SHA-256 of an API key, as REALTIME_API_KEYS lists it."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def derive(base: Settings, **overrides: Any) -> Settings:
-    """``base`` with ``overrides``, validated again."""
-    data = base.model_dump()
-    data.update(overrides)
-    return Settings(**data)
-
-
-def apikey_settings(base: Settings, keys: dict[str, dict[str, Any]], **overrides: Any
-                    ) -> Settings:
-    """Mode apikey with ``keys``: {key: {"scopes": [...], "tenant": ...}}."""
-    entries = [{"sha256": sha(key), **spec} for key, spec in keys.items()]
-    return derive(base, auth="apikey", api_keys=entries, **overrides)
-
-
-def hs256(claims: dict[str, Any], secret: str = SECRET, **headers: Any) -> str:
-    """A HS256 JWT with ``exp`` one hour ahead unless given."""
-    body = {"exp": int(time.time()) + 3600, **claims}
-    return jwt.encode(body, secret, algorithm="HS256", headers=headers or None)
-
-
-def jwt_settings(base: Settings, **overrides: Any) -> Settings:
-    """Mode jwt, HS256 with SECRET unless another key source is given."""
-    return derive(base, **{"auth": "jwt", "jwt_secret": SECRET, **overrides})
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@asynccontextmanager
-async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app (lifespan running) behind an in-process HTTP client."""
-    async with running_app(settings) as application:
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+# ------------------------------------------------------------------ keys
 
 
 def rsa_pair() -> tuple[Any, str]:

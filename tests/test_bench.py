@@ -25,7 +25,7 @@ from bench.scenarios import SCENARIOS
 
 pytest.importorskip("picows", reason="the bench load client needs picows (dev extra)")
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.driver_blind]
 
 ROOT = Path(__file__).resolve().parent.parent
 

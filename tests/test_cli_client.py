@@ -16,8 +16,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from realtime.embedded import EmbeddedServer, free_port
-from tests.conftest import LiveServer
-from tests.helpers import ServerProcess
+from tests.helpers import LiveServer, ServerProcess
 
 DOCS = "/api/collections/{}/documents"
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}

@@ -35,9 +35,7 @@ from realtime.client import (
 )
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer, free_port
-from tests.conftest import LiveServer, live_server
-from tests.helpers import ServerProcess
-from tests.test_auth import bearer, hs256, jwt_settings
+from tests.helpers import LiveServer, ServerProcess, bearer, hs256, jwt_settings, live_server
 
 DOCS = "/api/collections/{}/documents"
 

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from realtime.config import Settings
 from realtime.embedded import free_port
-from tests.conftest import LiveServer, live_server
-from tests.helpers import until, wait_until, ws_client
+from tests.helpers import LiveServer, live_server, until, wait_until, ws_client
+
+pytestmark = pytest.mark.driver_blind
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

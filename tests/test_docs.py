@@ -16,6 +16,8 @@ from urllib.parse import unquote
 
 import pytest
 
+pytestmark = pytest.mark.driver_blind
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"

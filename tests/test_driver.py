@@ -25,7 +25,9 @@ from realtime.config import Settings
 from realtime.db import Database
 from realtime.embedded import EmbeddedServer, free_port
 from realtime.errors import DatabaseUnavailable, DuplicateKey, HistoryLost
-from tests.conftest import running_app
+from tests.helpers import fail_point, running_app
+
+pytestmark = pytest.mark.driver_blind
 
 
 def _driver_tasks() -> list[asyncio.Task[Any]]:
@@ -144,14 +146,10 @@ async def test_change_stream_through_the_seam(db: Database) -> None:
         await resumed.close()
 
 
-async def test_history_lost_is_translated(db: Database) -> None:
-    await db.admin_command({"configureFailPoint": "failCommand", "mode": {"times": 1},
-                            "data": {"failCommands": ["aggregate"], "errorCode": 286}})
-    try:
+async def test_history_lost_is_translated(db: Database, mongo: EmbeddedServer) -> None:
+    async with fail_point(mongo.uri, data={"failCommands": ["aggregate"], "errorCode": 286}):
         with pytest.raises(HistoryLost):
             await db.watch([], max_await_time_ms=100)
-    finally:
-        await db.admin_command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

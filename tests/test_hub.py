@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from bson import Timestamp
 
 from realtime.events import Event, normalise
 from realtime.hub import Hub
 from realtime.subscription import Phase, Subscription
+
+pytestmark = pytest.mark.driver_blind
 
 Doc = dict[str, Any]
 

@@ -8,8 +8,7 @@ import httpx
 import pymongo
 
 from realtime.embedded import EmbeddedServer
-from tests.conftest import LiveServer
-from tests.helpers import ws_client
+from tests.helpers import LiveServer, ws_client
 
 DOCS = "/api/collections/{}/documents"
 

@@ -25,8 +25,7 @@ from realtime.histogram import LatencyBuckets
 from realtime.logs import JsonFormatter, RequestIdFilter, configure_logging
 from realtime.metrics import UNMATCHED, ServiceCollector
 from realtime.sources.changestream import FeedState
-from tests.conftest import LiveServer
-from tests.helpers import until, ws_client
+from tests.helpers import LiveServer, until, ws_client
 
 DOCS = "/api/collections/{}/documents"
 FAMILIES = {

@@ -17,8 +17,7 @@ import pytest
 
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
-from tests.conftest import running_app
-from tests.helpers import wait_until
+from tests.helpers import running_app, wait_until
 
 DOCS = "/api/collections/things/documents"
 #: "Within ~3 s" with a little slack for a loaded machine. The test's own

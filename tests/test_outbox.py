@@ -10,12 +10,15 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from realtime.events import normalise
 from realtime.hub import Hub
 from realtime.outbox import BatchPolicy
 from realtime.server import Flag
 from realtime.subscription import Subscription
+
+pytestmark = pytest.mark.driver_blind
 
 
 class FakeSink:

@@ -22,6 +22,8 @@ from bson.son import SON
 from realtime import query
 from realtime.query import FilterError
 
+pytestmark = pytest.mark.driver_blind
+
 HEX = "0123456789abcdef01234567"
 OID = ObjectId(HEX)
 

@@ -28,15 +28,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import count
-from pathlib import Path
-from shutil import which
 from typing import Any
 
 import pymongo
@@ -46,65 +40,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from realtime import query
+from realtime.embedded import EmbeddedServer
+
+pytestmark = pytest.mark.driver_blind
 
 # ----------------------------------------------------------------------------- the server
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _secantusd() -> str:
-    beside = Path(sys.executable).with_name("secantusd-py")
-    if beside.exists():
-        return str(beside)
-    found = which("secantusd-py")
-    if found is None:
-        pytest.fail("secantusd-py not found: install the dev extra (secantusdb)")
-    return found
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[Database[dict[str, Any]]]:
     """A fresh in-memory SecantusDB server on a free port, for this module."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [_secantusd(), "--port", str(port), "--storage-path", ":memory:"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        serverSelectionTimeoutMS=500,
-        connectTimeoutMS=500,
-    )
+    server = EmbeddedServer(":memory:", sync_on_commit=False)
+    server.start()
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.uri)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.admin.command("ping")
-                break
-            except PyMongoError:
-                if proc.poll() is not None:
-                    pytest.fail(f"secantusd-py exited with status {proc.returncode}")
-                if time.monotonic() > deadline:
-                    pytest.fail("secantusd-py did not answer ping within 10 s")
         yield client["query_property"]
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 _collections = count()

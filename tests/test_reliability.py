@@ -9,8 +9,8 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,16 @@ from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import is_transient, token_time
 from realtime.embedded import EmbeddedServer
-from tests.conftest import LiveServer, live_server
-from tests.helpers import WSClient, notified, server_process, until, ws_client
+from tests.helpers import (
+    LiveServer,
+    WSClient,
+    fail_point,
+    live_server,
+    notified,
+    server_process,
+    until,
+    ws_client,
+)
 
 DOCS = "/api/collections/{}/documents"
 
@@ -81,19 +89,6 @@ def test_token_time_reads_secantus_tokens(mongo: EmbeddedServer) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------
-@contextmanager
-def fail_point(uri: str, data: dict[str, Any], times: int = 1) -> Iterator[None]:
-    """``failCommand`` armed for ``times`` matching commands, disarmed on exit."""
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri)
-    client.admin.command({"configureFailPoint": "failCommand", "mode": {"times": times},
-                          "data": data})
-    try:
-        yield
-    finally:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-        client.close()
-
-
 @asynccontextmanager
 async def fresh_db(tmp_path: Path, **kwargs: Any) -> AsyncIterator[EmbeddedServer]:
     server = EmbeddedServer(tmp_path / "db", sync_on_commit=True, test_commands=True, **kwargs)
@@ -226,7 +221,7 @@ async def test_resumable_getmore_failure_resumes_without_loss(tmp_path: Path,
         assert keys_of(await c.changes(3)) == ["a0", "a1", "a2"]
         data = {"failCommands": ["getMore"], "errorCode": 6, "appName": "realtime",
                 "errorLabels": ["ResumableChangeStreamError"]}
-        with fail_point(db.uri, data):
+        async with fail_point(db.uri, data=data):
             for i in range(3):
                 await http.post(DOCS.format("fp"), json={"_id": f"b{i}"})
             got = await c.drain_until_marker(http)
@@ -242,8 +237,8 @@ async def test_non_resumable_getmore_failure_resyncs(tmp_path: Path,
         await c.subscribe("s", "fp")
         await http.post(DOCS.format("fp"), json={"_id": "before"})
         assert keys_of(await c.changes(1)) == ["before"]
-        with fail_point(db.uri, {"failCommands": ["getMore"], "errorCode": 2,
-                                 "appName": "realtime"}):
+        async with fail_point(db.uri, data={"failCommands": ["getMore"], "errorCode": 2,
+                                            "appName": "realtime"}):
             resync = await c.expect("resync", timeout=15)
         assert resync == {"type": "resync", "sub": "s", "reason": "history_lost"}
         await feed.wait_live(15)
@@ -260,12 +255,11 @@ async def test_history_lost_by_fail_point_resyncs_one_and_serves_others(
         token = _token_now(db.uri)  # not in the new server's ring: a catch-up is needed
         await http.post(DOCS.format("hist"), json={"_id": "h1"})
         assert keys_of(await other.changes(1)) == ["h1"]
-        with fail_point(db.uri, {"failCommands": ["aggregate"], "errorCode": 286,
-                                 "appName": "realtime"}):
-            async with ws_client(live.ws_url) as late:
-                await late.subscribe("s", "hist", since=token)
-                resync = await late.expect("resync")
-                assert resync["reason"] == "history_lost"
+        async with fail_point(db.uri, data={"failCommands": ["aggregate"], "errorCode": 286,
+                                            "appName": "realtime"}), ws_client(live.ws_url) as late:
+            await late.subscribe("s", "hist", since=token)
+            resync = await late.expect("resync")
+            assert resync["reason"] == "history_lost"
         await http.post(DOCS.format("hist"), json={"_id": "h2"})
         assert keys_of(await other.changes(1)) == ["h2"]
 

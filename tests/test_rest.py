@@ -16,7 +16,7 @@ from bson import ObjectId
 from realtime.codec import key_to_json
 from realtime.config import Settings
 from realtime.paging import decode_cursor, encode_cursor, parse_sort
-from tests.conftest import running_app
+from tests.helpers import running_app
 
 DOCS = "/api/collections/things/documents"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")

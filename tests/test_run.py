@@ -9,9 +9,12 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from realtime.embedded import free_port
 from tests.helpers import Readiness, ServerProcess, ws_client
+
+pytestmark = pytest.mark.driver_blind
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,81 +1,30 @@
-"""realtime.server: the uvicorn WebSocket protocol subclass, per-connection state."""
+"""realtime.server: the hooked uvicorn WebSocket protocol's per-connection state, the server.
+
+The hook's uses of uvicorn's and websockets' internals are checked in
+tests/test_compat.py, with the fallback to uvicorn's stock protocol.
+"""
 
 from __future__ import annotations
 
-import gc
-import os
-import weakref
+import asyncio
 
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+import pytest
 from websockets.server import ServerProtocol
 
-from realtime.server import RealtimeWebSocketProtocol, _forget_request
-from tests.conftest import LiveServer
-from tests.helpers import until, ws_client
+from realtime.server import Flag, Inbox, websocket_protocol
+from tests.helpers import LiveServer, until, ws_client
 
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def masked_text(text: str) -> bytes:
-    """A client's (masked) text frame, payload under 126 bytes."""
-    payload = text.encode()
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    return (bytes([0x81, 0x80 | len(payload)]) + mask
-            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-
-def _accepted(server: ServerProtocol, data: bytes) -> Request:
-    server.receive_data(data)
-    events = server.events_received()
-    request = events[0]
-    assert isinstance(request, Request)
-    server.send_response(server.accept(request))
-    server.data_to_send()
-    return request
-
-
-def test_handshake_request_is_released() -> None:
-    """After the handshake the parser no longer holds the request; frames parse as before."""
-    server = ServerProtocol()
-    request = _accepted(server, HANDSHAKE)
-    gone = weakref.ref(request)
-    parser = server.parser
-    _forget_request(server)
-    assert server.parser is not parser
-    del request
-    gc.collect()
-    assert gone() is None
-    frame = masked_text('{"op":"ping","ref":"1"}')
-    server.receive_data(frame[:3])  # a frame in pieces, then two at once
-    server.receive_data(frame[3:] + frame)
-    frames = server.events_received()
-    assert [(f.opcode, f.data) for f in frames if isinstance(f, Frame)] == [
-        (Opcode.TEXT, b'{"op":"ping","ref":"1"}')] * 2
-
-
-def test_parser_inside_a_frame_is_kept() -> None:
-    """A client that sent part of a frame with its request: nothing is lost."""
-    server = ServerProtocol()
-    frame = masked_text('{"op":"ping","ref":"2"}')
-    _accepted(server, HANDSHAKE + frame[:4])
-    parser = server.parser
-    _forget_request(server)
-    assert server.parser is parser
-    server.receive_data(frame[4:])
-    events = server.events_received()
-    assert [getattr(e, "data", None) for e in events] == [b'{"op":"ping","ref":"2"}']
+pytestmark = pytest.mark.driver_blind
 
 
 async def test_connection_state_lives_in_slots(live: LiveServer) -> None:
     """uvicorn's per-connection attributes are all slots: no instance dict table."""
+    hooked = websocket_protocol()
+    assert hooked is not None, "the WebSocket hook is not installed: see tests/test_compat.py"
+    assert live.server.config.ws is hooked
     async with ws_client(live.ws_url) as c:
         await c.subscribe("s", "orders")
-        protocols = [p for p in live.server.server_state.connections
-                     if isinstance(p, RealtimeWebSocketProtocol)]
+        protocols = [p for p in live.server.server_state.connections if isinstance(p, hooked)]
         assert len(protocols) == 1
         protocol = protocols[0]
         assert vars(protocol) == {}, f"attributes outside __slots__: {sorted(vars(protocol))}"
@@ -84,3 +33,56 @@ async def test_connection_state_lives_in_slots(live: LiveServer) -> None:
         assert protocol.response is None
         assert protocol.conn.parser.gi_code is not ServerProtocol.parse.__code__
     await until(lambda: not live.app.state.services.hub.connections, 10)
+
+
+async def test_inbox_hands_events_over_in_order() -> None:
+    """The receive queue: FIFO, a waiting reader woken by the next event."""
+    inbox = Inbox()
+    assert inbox.empty()
+    reader = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)  # the reader waits
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert await asyncio.wait_for(reader, 5) == 1
+    assert not inbox.empty()
+    assert await inbox.get() == 2
+    assert inbox.empty()
+
+
+async def test_inbox_passes_a_wake_up_on_when_its_reader_is_cancelled() -> None:
+    """A reader cancelled after being woken leaves the event to the next reader."""
+    inbox = Inbox()
+    first = asyncio.ensure_future(inbox.get())
+    second = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("event")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 5) == "event"
+
+
+async def test_inbox_keeps_the_order_when_a_woken_reader_is_cancelled() -> None:
+    inbox = Inbox()
+    first = asyncio.ensure_future(inbox.get())
+    second = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("one")
+    inbox.put_nowait("two")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 5) == "one"
+    assert await inbox.get() == "two"
+
+
+async def test_flag_wakes_waiters_once_set() -> None:
+    flag = Flag()
+    assert not flag.is_set()
+    waiter = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    flag.set()
+    assert await asyncio.wait_for(waiter, 5) is True
+    flag.clear()
+    assert not flag.is_set()

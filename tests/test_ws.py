@@ -10,8 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from realtime.config import Settings
-from tests.conftest import LiveServer, live_server
-from tests.helpers import RawClient, WSClient, until, ws_client
+from tests.helpers import LiveServer, RawClient, WSClient, live_server, until, ws_client
 
 DOCS = "/api/collections/{}/documents"
 

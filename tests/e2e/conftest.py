@@ -2,13 +2,15 @@
 
 ``playwright install`` cannot download here, so Playwright launches the
 ``chromium`` package's binary. Without it (or without Playwright) the browser
-tests skip, except under ``CI=true``, where they fail.
+tests skip, except under ``CI=true``, where they fail. Every test here is
+``driver_blind``: the browser sees the same service whichever driver it uses.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -17,6 +19,16 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e ``driver_blind`` (the hook sees every item)."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.driver_blind)
 
 
 def _unavailable(reason: str) -> NoReturn:

@@ -10,7 +10,6 @@ subprotocol. Without Chromium or Playwright the tests skip, except under
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +21,15 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from realtime.config import Settings
-from realtime.server import RealtimeServer, wait_started
-from tests.conftest import LiveServer, live_server
-from tests.e2e.test_dashboard import TIMEOUT_MS
-from tests.test_auth import apikey_settings, derive
+from realtime.server import RealtimeServer
+from tests.helpers import (
+    BROWSER_TIMEOUT_MS,
+    LiveServer,
+    apikey_settings,
+    derive,
+    live_server,
+    serving,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -57,7 +61,7 @@ FETCH = """async ([url, headers]) => {
 @pytest.fixture
 async def page(browser: Any) -> AsyncIterator[Any]:
     context = await browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
     try:
         yield await context.new_page()
     finally:
@@ -75,13 +79,8 @@ async def other_origin() -> AsyncIterator[str]:
     # log_config=None: leave the process's logging configuration alone.
     server = RealtimeServer(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
                                            log_config=None))
-    task = asyncio.create_task(server.serve())
-    port = await wait_started(server, task, 10)
-    try:
+    async with serving(server, 10) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def test_cross_origin_websocket_is_refused(page: Any, live: LiveServer,

@@ -19,16 +19,22 @@ from pymongo import AsyncMongoClient
 
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
-from tests.conftest import LiveServer, live_server
-from tests.helpers import ServerProcess
-from tests.test_auth import apikey_settings, bearer, hs256, jwt_settings
+from tests.helpers import (
+    BROWSER_TIMEOUT_MS,
+    LiveServer,
+    ServerProcess,
+    apikey_settings,
+    bearer,
+    hs256,
+    jwt_settings,
+    live_server,
+)
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS = "/api/collections/{}/documents"
-TIMEOUT_MS = 10_000
 
 
 class Page:
@@ -57,7 +63,7 @@ class Page:
 @pytest.fixture
 async def page(browser: Any) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
     wrapped = Page(await context.new_page())
     try:
         yield wrapped
