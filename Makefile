@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+JS     := clients/js
+AXE    := tests/e2e/node/node_modules/axe-core/axe.min.js
 
 .PHONY: run test lint types pytest pytest-pymongo test-lowest bench clean
 
@@ -18,6 +20,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
+	@echo "realtime: CLI at $(BIN)/realtime (or: source $(BIN)/activate), for the server at http://$${REALTIME_HOST:-127.0.0.1}:$${REALTIME_PORT:-8000}"
 	exec $(BIN)/realtime serve
 
 # ruff, then the layers of the package (pyproject.toml: [tool.importlinter]).
@@ -32,8 +35,22 @@ types: $(VENV)/.dev-installed
 # on sockets and subprocesses, so two cores run them in about two thirds the time.
 XDIST := -n 2 --dist loadfile
 
-pytest: $(VENV)/.dev-installed
+pytest: $(VENV)/.dev-installed $(JS)/node_modules/.installed $(AXE)
 	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+
+# axe-core for the dashboard's accessibility scan (tests/e2e/test_dashboard.py).
+$(AXE): tests/e2e/node/package.json tests/e2e/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	    cd tests/e2e/node && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error \
+	    && touch node_modules/axe-core/axe.min.js; \
+	else echo "npm not found: the accessibility scan will skip (and fail under CI=true)"; fi
+
+# The JavaScript client's dev dependencies (TypeScript, ws) for tests/test_js_client.py,
+# which runs the client's own tests (npm test) against a real server.
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	    cd $(JS) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: tests/test_js_client.py will skip (and fail under CI=true)"; fi
 
 # Every test that runs the service against the database, once more on the second
 # driver (PyMongo's asyncio API; Motor, the default, ran them in `pytest`). Left
@@ -86,3 +103,4 @@ bench: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf clients/js/node_modules clients/js/realtime.js clients/js/LICENSE tests/e2e/node/node_modules

@@ -12,5 +12,5 @@ checkout, where this directory sits beside ``realtime/``:
 - ``loadclient.py``, ``broadcast_server.py``, ``naive_server.py``: run as
   subprocesses by the harness.
 
-``bench/README.md`` explains every figure; DESIGN.md §8 has the targets.
+``bench/README.md`` explains every figure; docs/performance.md has the targets.
 """

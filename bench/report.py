@@ -183,7 +183,7 @@ def summary_table(results: Mapping[str, dict[str, Any]],
     for name, render in renders.items():
         if name in results:
             rows += render.summary(results[name]["runs"])
-    lines = ["| benchmark | result | target (DESIGN.md §8) |", "|---|---|---|"]
+    lines = ["| benchmark | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
 

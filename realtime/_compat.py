@@ -1,4 +1,4 @@
-"""Every use of a dependency's private API, each guarded (DESIGN.md §9).
+"""Every use of a dependency's private API, each guarded with a fallback.
 
 ``realtime`` reaches into uvicorn, websockets, FastAPI and Motor in a few places
 no public API covers. Each such use lives here, says which upstream releases it

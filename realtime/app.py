@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import Request
 
 from realtime import __version__, _compat
-from realtime.api import health, rest, ws
-from realtime.api.headers import SecurityHeadersMiddleware
+from realtime.api import asyncapi, health, rest, ws
+from realtime.api.headers import SecurityHeadersMiddleware, docs_csp
 from realtime.api.problems import install_handlers
 from realtime.auth import Authenticator, install_log_redaction
 from realtime.config import Settings
@@ -44,6 +46,9 @@ __all__ = ["RealtimeApp", "create_app"]
 log = logging.getLogger("realtime.app")
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: Where the Swagger UI and ReDoc bundles are served (from the package fastapi-offline).
+DOCS_ASSETS = "/docs/assets"
+_DOCS_PACKAGE = ("fastapi_offline", "static")
 
 
 class RealtimeApp(FastAPI):
@@ -120,6 +125,50 @@ def _add_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _install_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), their scripts served from here, not a CDN.
+
+    The bundles come from the package ``fastapi-offline``; if they are missing
+    the pages load FastAPI's default CDN copies (a warning says so).
+    """
+    try:
+        assets = StaticFiles(packages=[_DOCS_PACKAGE])
+    except (AssertionError, AttributeError, ImportError, OSError, RuntimeError):
+        log.warning("the Swagger UI and ReDoc bundles (package fastapi-offline) are missing: "
+                    "/docs and /redoc load them from a CDN")
+        local: dict[str, str] = {}
+        redoc: dict[str, str] = {}
+    else:
+        app.mount(DOCS_ASSETS, assets, name="docs-assets")
+        local = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                 "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css"}
+        redoc = {"redoc_js_url": f"{DOCS_ASSETS}/redoc.standalone.js"}
+    favicon = "/static/favicon.svg"
+
+    def with_csp(page: HTMLResponse) -> HTMLResponse:
+        if local:  # the CDN fallback loads from elsewhere: no CSP then
+            page.headers["Content-Security-Policy"] = docs_csp(bytes(page.body))
+        return page
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return with_csp(get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            swagger_favicon_url=root + favicon,
+            # No validator badge: it would fetch an image from validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+            **{key: root + url for key, url in local.items()}))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return with_csp(get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+            redoc_favicon_url=root + favicon, with_google_fonts=False,
+            **{key: root + url for key, url in redoc.items()}))
+
+
 def create_app(settings: Settings | None = None) -> RealtimeApp:
     """Build the ASGI application; every resource is created in its lifespan.
 
@@ -142,6 +191,8 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
         version=__version__,
         summary="MongoDB writes as live updates over WebSocket, with a REST API for writers.",
         lifespan=lifespan,
+        docs_url=None,  # _install_docs: served from local assets
+        redoc_url=None,
     )
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     app.state.metrics = Metrics(lambda: getattr(app.state, "services", None),
@@ -153,8 +204,10 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
     app.include_router(health.router)
     app.include_router(rest.router)
     app.include_router(ws.router)
+    app.include_router(asyncapi.router)
     _add_schemas(app, rest.SCHEMAS)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _install_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:

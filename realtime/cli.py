@@ -1,17 +1,27 @@
-"""The ``realtime`` command: ``serve``, ``db`` and the clients ``tail|get|put|ls``."""
+"""The ``realtime`` command: ``serve``, ``db`` and the clients ``tail|get|put|rm|ls``.
+
+Errors are one line on stderr, ``realtime: <what went wrong>``, never a
+traceback: exit status 2 for a usage error (an unknown option, a bad value, a
+malformed JSON argument or URL), 1 for a runtime problem (the server cannot be
+reached or refuses the request).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from realtime import __version__
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["app", "main"]
 
@@ -20,7 +30,33 @@ app = typer.Typer(
     help="MongoDB writes as live updates for browsers and monitoring clients.",
     no_args_is_help=True,
     add_completion=False,
+    # Help text is plain text: "[env REALTIME_HOST]" is shown, not read as markup.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """MongoDB writes as live updates for browsers and monitoring clients."""
+
+
+class LogLevel(enum.StrEnum):
+    """``serve --log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 @app.command()
@@ -34,7 +70,8 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="Embedded database directory [./.realtime-data].")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug|info|warning|error")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(
+        case_sensitive=False, help="Least severe log records shown.")] = LogLevel.info,
     log_format: Annotated[
         str | None,
         typer.Option(help="text|json: JSON lines carry request ids [env REALTIME_LOG_FORMAT]."),
@@ -52,8 +89,8 @@ def serve(
     """
     from realtime.app import create_app
     from realtime.auth import AuthConfigError, check_exposure
-    from realtime.config import Settings
-    from realtime.embedded import EmbeddedUnavailable, find_executable
+    from realtime.config import SettingsError, load_settings
+    from realtime.embedded import DataDirLock, EmbeddedUnavailable, find_executable
     from realtime.logs import configure_logging
     from realtime.server import make_server
 
@@ -65,9 +102,12 @@ def serve(
     if insecure:
         overrides["insecure"] = True
     try:
-        settings = Settings(**overrides)
-    except ValueError as exc:
-        _fail(f"bad settings: {exc}", 2)
+        settings = load_settings(overrides, flags={key: "--" + key.replace("_", "-")
+                                                   for key in overrides})
+    except SettingsError as exc:
+        for problem in exc.problems[:-1]:
+            typer.echo(f"realtime: bad settings: {problem}", err=True)
+        _fail(f"bad settings: {exc.problems[-1]}", 2)
     try:
         check_exposure(settings)
     except AuthConfigError as exc:
@@ -81,55 +121,170 @@ def serve(
             find_executable()
         except EmbeddedUnavailable as exc:
             _fail(str(exc), 2)
+        try:  # in use by another server? Say so before starting anything (the app locks it)
+            probe = DataDirLock(settings.data_dir)
+            probe.acquire()
+            probe.release()
+        except EmbeddedUnavailable as exc:
+            _fail(str(exc), 1)
     try:
         application = create_app(settings)
     except AuthConfigError as exc:
         _fail(f"bad settings: {exc}", 2)
     server = make_server(application, settings)
-    server.run()
+    failed = _embedded_failures(application)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's exit after a failed start-up
+        if failed:
+            _fail(str(failed[0]), 1)
+        raise
+    if failed:
+        _fail(str(failed[0]), 1)
     if not server.started:
         raise typer.Exit(1)
 
 
+def _embedded_failures(application: Any) -> list[BaseException]:
+    """Turn an embedded database that cannot start into one line, not a traceback.
+
+    Wraps the app's lifespan: an ``EmbeddedUnavailable`` raised while starting
+    up (the data directory is in use, the database exited at once) is recorded
+    in the returned list, for the caller to print, and uvicorn's report of the
+    failed start-up (a traceback) is silenced.
+    """
+    import logging
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from realtime.embedded import EmbeddedUnavailable
+
+    failures: list[BaseException] = []
+    inner = application.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        started = False
+        try:
+            async with inner(app) as state:
+                started = True
+                yield state
+        except EmbeddedUnavailable as exc:
+            if started:
+                raise
+            failures.append(exc)
+            logging.getLogger("uvicorn.error").disabled = True  # the traceback
+            raise
+
+    application.router.lifespan_context = lifespan
+    return failures
+
+
 @app.command()
 def db(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 27017,
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port to listen on (0: a free one).")] = 27017,
     data_dir: Annotated[Path, typer.Option(help="Storage directory.")] = Path(".realtime-data"),
 ) -> None:
     """Run only the embedded database (SecantusDB) until Ctrl-C."""
-    from realtime.embedded import EmbeddedServer, EmbeddedUnavailable
+    import socket
 
+    from realtime.embedded import (
+        DataDirLock,
+        EmbeddedServer,
+        EmbeddedUnavailable,
+        find_executable,
+    )
+
+    try:
+        find_executable()
+    except EmbeddedUnavailable as exc:
+        _fail(str(exc), 2)
+    lock = DataDirLock(data_dir)  # the same lock as `serve`: one user of a folder at a time
+    try:
+        lock.acquire()
+    except EmbeddedUnavailable as exc:
+        _fail(str(exc))
     server = EmbeddedServer(data_dir, port=port)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        if sock.connect_ex((server.host, server.port)) == 0:
+            _fail(f"{server.host}:{server.port} is in use; choose another --port")
     try:
         server.start()
-    except EmbeddedUnavailable as exc:
-        typer.echo(f"realtime: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (EmbeddedUnavailable, OSError) as exc:
+        server.stop()
+        _fail(str(exc))
     typer.echo(f"embedded database at {server.uri} (data in {data_dir}); Ctrl-C stops it")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exited: int | None = None
     try:
         while not stop.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
+            if server.process is None or (exited := server.process.poll()) is not None:
                 break
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+    if exited:
+        _fail(f"embedded database exited (code {exited}); see {data_dir}.log")
 
 
 # ---------------------------------------------------------------------------
-# Client commands: tail, get, put, ls (talk to a running server over HTTP/WS)
+# Client commands: tail, get, put, rm, ls (talk to a running server over HTTP/WS)
 
 _DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _check_url(value: str, schemes: tuple[str, ...], kinds: str) -> str:
+    """``value`` if it is an absolute URL with one of ``schemes`` and a host.
+
+    Raises:
+        typer.BadParameter: it is not (a usage error: exit status 2).
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a URL ({exc})") from None
+    if parts.scheme.lower() not in schemes:
+        raise typer.BadParameter(f"{value!r} is not an {kinds} URL, e.g. {_DEFAULT_URL}")
+    if not parts.hostname:
+        raise typer.BadParameter(f"{value!r} has no host, e.g. {_DEFAULT_URL}")
+    return value
+
+
+def _http_url(value: str) -> str:
+    return _check_url(value, ("http", "https"), "http(s)://")
+
+
+def _server_url(value: str) -> str:
+    return _check_url(value, ("http", "https", "ws", "wss"), "http(s):// or ws(s)://")
+
+
+def _check_token(value: str | None) -> str | None:
+    if value and not (value.isascii() and value.isprintable()):
+        raise typer.BadParameter("an API key or a JWT is printable ASCII")
+    return value or None
+
+
 UrlOption = Annotated[
     str,
-    typer.Option("--url", envvar="REALTIME_URL", help="Server URL."),
+    typer.Option("--url", envvar="REALTIME_URL", callback=_http_url,
+                 help="Server URL (http:// or https://)."),
+]
+WsUrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="REALTIME_URL", callback=_server_url,
+                 help="Server URL (http(s)://, or ws(s)://.../ws)."),
 ]
 TokenOption = Annotated[
     str | None,
     typer.Option("--token", envvar="REALTIME_TOKEN", show_default=False,
-                 help="API key or JWT, sent as a Bearer token."),
+                 callback=_check_token, help="API key or JWT, sent as a Bearer token."),
 ]
 _OP_STYLES = {"insert": "green", "update": "yellow", "replace": "yellow",
               "delete": "red", "leave": "magenta"}
@@ -169,7 +324,7 @@ def _echo_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _problem(response: Any) -> str:
+def _problem(response: httpx.Response) -> str:
     """``<status> <title>: <detail>`` of an error response (problem+json or not)."""
     detail = ""
     title = response.reason_phrase
@@ -181,27 +336,80 @@ def _problem(response: Any) -> str:
         detail = str(body.get("detail") or "")
         title = str(body.get("title") or title)
     elif response.text:
-        detail = response.text[:200]
+        detail = " ".join(response.text[:200].split())
     return f"{response.status_code} {title}" + (f": {detail}" if detail else "")
 
 
-def _request(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    """Make one REST request; exit 1 with the problem's detail on error."""
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: ``connection refused``, ``unknown host``..."""
+    import errno
+    import socket
+
     import httpx
 
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=30) as http:
-            response = http.request(method, path, **kwargs)
-    except httpx.InvalidURL as exc:
-        _fail(f"bad --url {url!r}: {exc}", 2)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
-    if response.status_code >= 400:
-        _fail(_problem(response))
-    return response
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timed out"
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        if isinstance(cause, ConnectionRefusedError) or (
+                # asyncio's "Multiple exceptions: [Errno 111] ..." has no errno of its own.
+                isinstance(cause, OSError) and f"[Errno {errno.ECONNREFUSED}]" in str(cause)):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
+
+
+class _Api:
+    """A server's REST API for one command: any failure ends it with one line.
+
+    A refused request exits 1 with the problem's ``detail``; an unreachable
+    server exits 1 with ``cannot reach URL: reason``.
+    """
+
+    def __init__(self, url: str, token: str | None) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": f"realtime-cli/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def __enter__(self) -> _Api:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; return the response if its status is below 400."""
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            _fail(f"bad --url {self.url!r}: {exc}", 2)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {self.url}: {_reason(exc)}")
+        if response.status_code >= 400:
+            _fail(_problem(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`call`, then the JSON body (exit 1 if there is none)."""
+        response = self.call(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type", "no content type")
+            _fail(f"{self.url} answered {response.status_code} with {kind}, not JSON; "
+                  "is it a realtime server?")
 
 
 def _docs_path(collection: str, id: str | None = None) -> str:
@@ -214,8 +422,9 @@ def _docs_path(collection: str, id: str | None = None) -> str:
 @app.command()
 def ls(url: UrlOption = _DEFAULT_URL, token: TokenOption = None) -> None:
     """List the collections the server exposes, one per line."""
-    response = _request(url, token, "GET", "/api/collections")
-    for name in response.json().get("collections", []):
+    with _Api(url, token) as api:
+        body = api.json("GET", "/api/collections")
+    for name in body.get("collections", []) if isinstance(body, dict) else []:
         typer.echo(name)
 
 
@@ -225,7 +434,14 @@ def get(
     id: Annotated[str | None, typer.Argument(help="A document id; none lists.")] = None,
     filter: Annotated[str | None, typer.Option("--filter", help="JSON filter.")] = None,
     sort: Annotated[str | None, typer.Option(help="Sort, e.g. '-ts,name'.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, max=1000, help="Most documents.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, max=1000, help="Documents per page, up to 1000 (the server's default: 100).")
+    ] = None,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="Continue after this cursor (printed when more documents exist).")
+    ] = None,
+    all_pages: Annotated[bool, typer.Option(
+        "--all", help="Every document: follow the cursor page after page.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines even on a terminal.")
                         ] = False,
     url: UrlOption = _DEFAULT_URL,
@@ -233,12 +449,16 @@ def get(
 ) -> None:
     """Print one document (by ID) or the documents of COLLECTION.
 
-    A list is printed as one JSON document per line (a table on a terminal).
+    A list is printed as one JSON document per line (a table on a terminal), one
+    page of --limit documents; when more exist, stderr says so and shows the
+    --after cursor of the next page. --all prints every page as it arrives.
     """
     if id is not None:
-        if filter is not None or sort is not None or limit is not None:
-            _fail("--filter, --sort and --limit apply to lists, not to one ID", 2)
-        _echo_json(_request(url, token, "GET", _docs_path(collection, id)).json())
+        if (filter, sort, limit, after) != (None, None, None, None) or all_pages:
+            _fail("--filter, --sort, --limit, --after and --all apply to lists, not to one ID",
+                  2)
+        with _Api(url, token) as api:
+            _echo_json(api.json("GET", _docs_path(collection, id)))
         return
     params: dict[str, Any] = {}
     if filter is not None:
@@ -247,21 +467,41 @@ def get(
         params["sort"] = sort
     if limit is not None:
         params["limit"] = limit
-    body = _request(url, token, "GET", _docs_path(collection), params=params).json()
-    documents: list[dict[str, Any]] = body.get("documents", [])
-    if json_out or not sys.stdout.isatty():
-        sys.stdout.write("".join(_dumps(doc) + "\n" for doc in documents))
-        sys.stdout.flush()
-        return
+    if after is not None:
+        params["after"] = after
+    lines = json_out or not sys.stdout.isatty()
+    shown = 0
+    with _Api(url, token) as api:
+        while True:
+            body = api.json("GET", _docs_path(collection), params=params)
+            documents = body.get("documents") if isinstance(body, dict) else None
+            if not isinstance(documents, list):
+                _fail(f"{api.url} answered a list without documents; is it a realtime server?")
+            cursor = body.get("next")
+            if lines:
+                sys.stdout.write("".join(_dumps(doc) + "\n" for doc in documents))
+                sys.stdout.flush()
+            elif documents or not shown:
+                rows = f"{shown + 1}-{shown + len(documents)}" if all_pages and documents else None
+                _print_table(_documents_table(collection, documents, rows=rows))
+            shown += len(documents)
+            if not (all_pages and cursor):
+                break
+            params["after"] = cursor
+    if cursor and not all_pages:
+        typer.echo(f"realtime: {shown} documents shown and more exist: use --all, --limit "
+                   f"(up to 1000) or --after {cursor}", err=True)
+
+
+def _print_table(table: Any) -> None:
     from rich.console import Console
 
-    console = Console()
-    console.print(_documents_table(collection, documents))
-    if body.get("next"):
-        console.print("[dim]more documents follow; raise --limit to see them[/]")
+    Console().print(table)
 
 
-def _documents_table(title: str, documents: list[dict[str, Any]]) -> Any:
+def _documents_table(title: str, documents: list[dict[str, Any]], *,
+                     rows: str | None = None) -> Any:
+    """A table of ``documents`` titled ``title (rows)``; ``rows`` defaults to their count."""
     from rich.table import Table
 
     fields: dict[str, None] = {}
@@ -270,13 +510,12 @@ def _documents_table(title: str, documents: list[dict[str, Any]]) -> Any:
             if field not in ("_id", "_version"):
                 fields.setdefault(field)
     columns = ["_id", *list(fields)[:8], "_version"]
-    table = Table(title=f"{title} ({len(documents)})", title_justify="left")
+    table = Table(title=f"{title} ({rows or len(documents)})", title_justify="left")
     for column in columns:
         table.add_column(column, overflow="ellipsis", max_width=40)
     for doc in documents:
         table.add_row(*(_cell(doc.get(c)) for c in columns))
     return table
-
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -314,17 +553,37 @@ def put(
     headers = {"Content-Type": "application/json"}
     if if_match is not None:
         headers["If-Match"] = f'"{if_match}"'
-    if id is None:
-        if merge or if_match is not None:
-            _fail("--merge and --if-match need an ID", 2)
-        response = _request(url, token, "POST", _docs_path(collection),
-                            content=_dumps(body), headers=headers)
-    else:
-        if merge:
-            headers["Content-Type"] = "application/merge-patch+json"
-        response = _request(url, token, "PATCH" if merge else "PUT", _docs_path(collection, id),
-                            content=_dumps(body), headers=headers)
-    _echo_json(response.json())
+    if id is None and (merge or if_match is not None):
+        _fail("--merge and --if-match need an ID", 2)
+    with _Api(url, token) as api:
+        if id is None:
+            stored = api.json("POST", _docs_path(collection), content=_dumps(body),
+                              headers=headers)
+        else:
+            if merge:
+                headers["Content-Type"] = "application/merge-patch+json"
+            stored = api.json("PATCH" if merge else "PUT", _docs_path(collection, id),
+                              content=_dumps(body), headers=headers)
+    _echo_json(stored)
+
+
+@app.command()
+def rm(
+    collection: Annotated[str, typer.Argument(help="Collection name.")],
+    id: Annotated[str, typer.Argument(help="The id of the document to delete.")],
+    if_match: Annotated[int | None, typer.Option(
+        "--if-match", help="Only if the document's _version is this (412 otherwise).")
+    ] = None,
+    url: UrlOption = _DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete the document ID of COLLECTION; prints nothing when it is done.
+
+    A document that does not exist is an error (404, exit status 1).
+    """
+    headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
+    with _Api(url, token) as api:
+        api.call("DELETE", _docs_path(collection, id), headers=headers)
 
 
 @app.command()
@@ -338,7 +597,7 @@ def tail(
         "--json", help="One JSON object per line (changes, snapshots, resets).")] = False,
     max_delay: Annotated[float, typer.Option(
         min=0.01, help="Longest wait between reconnect attempts, in seconds.")] = 20.0,
-    url: UrlOption = _DEFAULT_URL,
+    url: WsUrlOption = _DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
     """Print live changes to COLLECTION until Ctrl-C.
@@ -372,6 +631,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
     from realtime.client import (
         Change,
         ClientError,
+        ConnectError,
         ConnectionState,
         Reset,
         Snapshot,
@@ -387,6 +647,18 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
 
     def status(text: str) -> None:
         err.print(f"[dim]realtime: {escape(text)}[/]")
+
+    notices = {"live": "live updates are back",
+               "retrying": "the server lost its database connection and is retrying; "
+                           "changes will follow, none lost",
+               "down": "the server's database is down; changes will follow once it is back"}
+    told = False
+
+    def on_status(feed: str) -> None:
+        nonlocal told
+        if told or feed != "live":  # a first "live" is the normal case: no notice
+            status(f"server {feed}: {notices.get(feed, 'unknown state')}")
+        told = True
 
     def on_state(change: StateChange) -> None:
         if change.state is ConnectionState.OPEN:
@@ -410,7 +682,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        async with connect(url, token=token, on_state=on_state,
+        async with connect(url, token=token, on_state=on_state, on_status=on_status,
                            delay=lambda n: backoff_delay(n, maximum=max_delay)) as client, \
                 client.subscribe(collection, filter=filter, snapshot=snapshot,
                                  since=since) as sub:
@@ -438,6 +710,10 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         if terminated:
             return 0
         raise
+    except ConnectError as exc:
+        status(str(exc) if exc.__cause__ is None
+               else f"cannot reach {url.rstrip('/')}: {_reason(exc.__cause__)}")
+        return 1
     except ClientError as exc:
         status(str(exc))
         return 1
@@ -454,5 +730,31 @@ def version() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: errors are one line on stderr, never a traceback.
+
+    Usage errors exit with status 2, refused or failed requests with 1, Ctrl-C
+    with 130.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("realtime: aborted", err=True)
+        code = 1
+    except Exception as exc:
+        # click's exceptions (which click depends on typer's version): anything with
+        # an exit code and a message for the user.
+        exit_code = getattr(exc, "exit_code", None)
+        format_message = getattr(exc, "format_message", None)
+        if not isinstance(exit_code, int) or not callable(format_message):
+            raise
+        message = str(format_message())
+        ctx = getattr(exc, "ctx", None)
+        if "\n" in message:  # the help, shown for a command given no arguments
+            exc.show()  # type: ignore[attr-defined]
+        elif exit_code == 2 and ctx is not None:
+            typer.echo(f"realtime: {message.rstrip('.')} "
+                       f"(see '{ctx.command_path} --help')", err=True)
+        else:
+            typer.echo(f"realtime: {message}", err=True)
+        code = exit_code
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -29,6 +29,14 @@ a slow consumer (4408), and the client reconnects and resumes from the last
 event it buffered. Close a subscription you stop reading (``async with``, or
 :meth:`Subscription.aclose`).
 
+Server status: ``Client.feed`` is what the server last said of its change
+stream: ``live``, ``retrying`` (it lost the stream and reconnects; nothing is
+lost) or ``down`` (the database has been unreachable for a while, or its
+process exited); ``on_status`` is called with each new value. A server sends
+``status`` right after ``welcome`` when its feed is not live: the client
+settles ``feed`` on the first message after ``welcome`` (it sends a ``ping``
+so that one comes), never announcing a ``live`` that is not.
+
 Credentials: ``token`` is an API key or JWT sent as ``Authorization: Bearer``,
 or a :data:`TokenProvider` (a function, sync or async, returning the current
 token) called before every connect and reconnect. When the server closes with
@@ -71,6 +79,7 @@ __all__ = [
     "Reset",
     "Snapshot",
     "StateChange",
+    "StatusCallback",
     "Subscribed",
     "Subscription",
     "SubscriptionError",
@@ -425,6 +434,8 @@ class Subscription:
 
 
 StateCallback: TypeAlias = Callable[[StateChange], None]
+#: Called with the server's feed status (``live``, ``retrying``, ``down``) when it changes.
+StatusCallback: TypeAlias = Callable[[str], None]
 #: A function returning the current API key or JWT, plain or as an awaitable;
 #: the client calls it before every connect and reconnect (and once more after
 #: a 4401 close). An empty string means no credentials.
@@ -436,7 +447,8 @@ class Client:
 
     Use :func:`connect` (an async context manager). ``token`` (a string or a
     :data:`TokenProvider`) is sent as ``Authorization: Bearer <token>``;
-    ``on_state`` is called on every :class:`ConnectionState` change; ``delay``
+    ``on_state`` is called on every :class:`ConnectionState` change; ``on_status``
+    with the server's feed status (:attr:`feed`) when it changes; ``delay``
     replaces :func:`backoff_delay`.
 
     The 4401 rule: when the server closes the connection (or refuses a new one)
@@ -458,6 +470,7 @@ class Client:
         delay: Callable[[int], float] = backoff_delay,
         open_timeout: float = 10.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        on_status: StatusCallback | None = None,
     ) -> None:
         self.url = ws_url(url)
         #: The credentials: an API key or JWT, a :data:`TokenProvider`, or None.
@@ -467,7 +480,13 @@ class Client:
         self.welcome: dict[str, Any] | None = None
         #: Failed attempts since the last successful open.
         self.attempt = 0
+        #: The server's change stream: ``live``, ``retrying`` or ``down`` (None before
+        #: the first ``welcome``), as its ``welcome`` and ``status`` messages said.
+        self.feed: str | None = None
+        #: True from ``welcome`` until the next message says whether the feed is live.
+        self._feed_unsettled = False
         self._on_state = on_state
+        self._on_status = on_status
         self._delay = delay
         self._open_timeout = open_timeout
         self._max_queue = max_queue
@@ -583,6 +602,16 @@ class Client:
             except Exception:
                 log.exception("on_state callback failed")
 
+    def _set_feed(self, feed: str) -> None:
+        if feed == self.feed:
+            return
+        self.feed = feed
+        if self._on_status is not None:
+            try:
+                self._on_status(feed)
+            except Exception:
+                log.exception("on_status callback failed")
+
     async def _token(self) -> str | None:
         """The token for the next connection: ``token`` or what its provider returns.
 
@@ -647,6 +676,7 @@ class Client:
             await ws.close(1002, "expected welcome")
             raise ConnectError(f"{self.url} did not say welcome: {str(raw)[:80]!r}")
         self.welcome = message
+        self._feed_unsettled = True  # live, unless a status message comes next
         return ws
 
     async def _run(self, ws: ClientConnection | None) -> None:
@@ -701,6 +731,7 @@ class Client:
                 self._send_subscribe(sub, reload=True)
             else:
                 self._send_subscribe(sub, reload=False)
+        self._send({"op": "ping"})  # an answer after any status: settles self.feed
         writer = asyncio.get_running_loop().create_task(self._write(ws))
         try:
             async for raw in ws:
@@ -771,9 +802,17 @@ class Client:
         if not isinstance(message, dict):
             return
         kind = message.get("type")
+        if self._feed_unsettled:
+            self._feed_unsettled = False
+            if kind != "status":
+                self._set_feed("live")
         wire = message.get("sub")
         if wire is None:
-            if kind == "error":
+            if kind == "status":
+                feed = message.get("feed")
+                if isinstance(feed, str):
+                    self._set_feed(feed)
+            elif kind == "error":
                 log.warning("server error: %s: %s", message.get("code"), message.get("message"))
             return  # pong, authenticated, ...
         sub = self._wire.get(wire)
@@ -822,6 +861,7 @@ def connect(
     delay: Callable[[int], float] = backoff_delay,
     open_timeout: float = 10.0,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    on_status: StatusCallback | None = None,
 ) -> Client:
     """A :class:`Client` for the server at ``url`` (``http(s)://host[:port]`` or ``ws(s)://.../ws``).
 
@@ -831,9 +871,11 @@ def connect(
 
     ``token`` is an API key or JWT, or a :data:`TokenProvider` called before
     every (re)connect; see :class:`Client` for what a 4401 close does.
+    ``on_status`` is called with the server's feed status (``live``,
+    ``retrying``, ``down``) each time it changes (:attr:`Client.feed`).
 
     Raises:
         ValueError: ``url`` is not an http(s) or ws(s) URL.
     """
     return Client(url, token=token, on_state=on_state, delay=delay, open_timeout=open_timeout,
-                  max_queue=max_queue)
+                  max_queue=max_queue, on_status=on_status)

@@ -1,17 +1,49 @@
-"""Settings, read from the environment (prefix ``REALTIME_``)."""
+"""Settings, read from the environment (prefix ``REALTIME_``).
+
+:func:`load_settings` builds them and turns every problem into one line that
+names the environment variable and the format it expects, e.g.
+``REALTIME_PORT: not an integer; expected an integer from 0 to 65535, e.g.
+REALTIME_PORT=8000`` (:class:`SettingsError`, :func:`describe_error`).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+import pydantic_settings
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from realtime.names import COLLECTION_PATTERN
 
-__all__ = ["SCOPE_PATTERN", "ApiKey", "Settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "SCOPE_PATTERN",
+    "ApiKey",
+    "Settings",
+    "SettingsError",
+    "describe_error",
+    "env_name",
+    "load_settings",
+]
+
+#: The prefix of every environment variable the settings read.
+ENV_PREFIX = "REALTIME_"
 
 _COLLECTION = COLLECTION_PATTERN.removeprefix("^").removesuffix("$")
 #: A scope: ``read:<collection>``, ``write:<collection>``, ``read:*``, ``write:*`` or ``admin``.
@@ -55,7 +87,7 @@ class Settings(BaseSettings):
     """Every tunable of the service; see docs/operations.md, "Configuration"."""
 
     # Errors never echo the input: it may hold secrets (JWT secret, database password).
-    model_config = SettingsConfigDict(env_prefix="REALTIME_", extra="ignore",
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
                                       hide_input_in_errors=True)
 
     # Database
@@ -73,7 +105,8 @@ class Settings(BaseSettings):
     socket_timeout_ms: int = Field(default=20000, ge=100)
     app_name: str = "realtime"
     collections: list[str] | None = Field(
-        default=None, description="Allow-list of exposed collections (JSON list)."
+        default=None, description="Allow-list of exposed collections (JSON list).",
+        examples=[["orders", "users"]],
     )
 
     # Embedded database
@@ -121,7 +154,9 @@ class Settings(BaseSettings):
         default=False,
         description="Allow auth=none on a non-loopback address (never in production).")
     api_keys: list[ApiKey] = Field(
-        default_factory=list, description='JSON list of {"sha256", "scopes", "tenant", "name"}.')
+        default_factory=list, description='JSON list of {"sha256", "scopes", "tenant", "name"}.',
+        examples=[[{"sha256": "<64 hex digits: the SHA-256 of the key>",
+                    "scopes": ["read:orders", "write:orders"]}]])
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 shared secret (at least 32 bytes).")
     jwt_public_key: str | None = Field(
@@ -144,7 +179,8 @@ class Settings(BaseSettings):
     allowed_origins: list[str] | None = Field(
         default=None,
         description="Origins allowed to open WebSockets and call REST cross-origin (CORS); "
-                    "default: the server's own origin only.")
+                    "default: the server's own origin only.",
+        examples=[["https://app.example.com"]])
     auth_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, description="Time for a WebSocket's first `auth` message.")
     rate_limit_per_second: float = Field(
@@ -179,12 +215,185 @@ class Settings(BaseSettings):
                     and len(self.jwt_secret.get_secret_value().encode()) < 32):
                 raise ValueError("REALTIME_JWT_SECRET must be at least 32 bytes (HS256)")
         if not _FIELD_RE.match(self.tenant_key):
-            raise ValueError(f"the tenant field {self.tenant_key[:80]!r} is not a plain field "
-                             "name; set REALTIME_TENANT_FIELD")
+            raise ValueError(f"the tenant field {self.tenant_key[:80]!r} (REALTIME_TENANT_FIELD, "
+                             "by default REALTIME_TENANT_CLAIM) must be a plain field name: a "
+                             "letter, then up to 63 letters, digits or _; set "
+                             "REALTIME_TENANT_FIELD")
         for origin in self.allowed_origins or ():
             if origin == "*":
                 if self.auth == "none":
                     raise ValueError("REALTIME_ALLOWED_ORIGINS=[\"*\"] needs authentication")
             elif not _ORIGIN_RE.match(origin):
-                raise ValueError(f"bad origin {origin[:80]!r}: use scheme://host[:port]")
+                raise ValueError(f"REALTIME_ALLOWED_ORIGINS: bad origin {origin[:80]!r}; expected "
+                                 "scheme://host[:port], e.g. "
+                                 "REALTIME_ALLOWED_ORIGINS='[\"https://app.example.com\"]'")
         return self
+
+
+# ---------------------------------------------------------------- loading errors
+
+
+class SettingsError(ValueError):
+    """The environment (or the command line) does not make valid settings.
+
+    ``problems`` holds one line per problem, each naming the environment
+    variable (or option) and the expected format; ``str(error)`` is those lines.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems) or ("invalid settings",)
+        super().__init__("\n".join(self.problems))
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``port`` -> ``REALTIME_PORT``."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, *,
+                  flags: Mapping[str, str] | None = None) -> Settings:
+    """:class:`Settings` from the environment, ``overrides`` (field -> value) first.
+
+    ``flags`` names the command-line option an override came from
+    (``{"log_format": "--log-format"}``), so its problem names what was typed.
+
+    Raises:
+        SettingsError: one line per problem (:func:`describe_error`).
+    """
+    try:
+        return Settings(**dict(overrides or {}))
+    except (ValidationError, pydantic_settings.SettingsError) as exc:
+        raise SettingsError(describe_error(exc, flags=flags).splitlines()) from None
+
+
+def describe_error(exc: ValidationError | pydantic_settings.SettingsError, *,
+                   flags: Mapping[str, str] | None = None) -> str:
+    """One line per problem of ``exc``, raised while building :class:`Settings`.
+
+    Each line names the variable (``REALTIME_PORT``, or the option in
+    ``flags``), what is wrong and the expected format with an example, e.g.
+    ``REALTIME_COLLECTIONS: not a JSON list; expected a JSON list of strings,
+    e.g. REALTIME_COLLECTIONS='["orders","users"]'``. Values are never
+    quoted: they may be secrets.
+    """
+    flags = flags or {}
+    if isinstance(exc, pydantic_settings.SettingsError):
+        # pydantic-settings could not decode a JSON-typed variable.
+        match = _SOURCE_FIELD_RE.search(str(exc))
+        if match is None or match.group(1) not in Settings.model_fields:
+            return str(exc)
+        return _line(match.group(1), (), "not valid JSON", flags)
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        kind = error["type"]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not loc or loc[0] not in Settings.model_fields:
+            lines.append(message)  # a rule across settings: its message names them
+            continue
+        if kind == "value_error":
+            lines.append(f"{_where(loc[0], loc[1:], flags)}: {message}")
+            continue
+        problem = _PROBLEMS.get(kind) or message[:1].lower() + message[1:]
+        if kind == "extra_forbidden":
+            problem = f"unknown field {loc[-1]!r}"
+        line = _line(loc[0], loc[1:], problem, flags)
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines) or str(exc)
+
+
+_SOURCE_FIELD_RE = re.compile(r'field "([a-z0-9_]+)"')
+_PROBLEMS: dict[str, str] = {
+    "int_parsing": "not an integer", "int_type": "not an integer",
+    "int_from_float": "not an integer", "float_parsing": "not a number",
+    "float_type": "not a number", "finite_number": "not a finite number",
+    "greater_than": "out of range", "greater_than_equal": "out of range",
+    "less_than": "out of range", "less_than_equal": "out of range",
+    "bool_parsing": "not true or false", "bool_type": "not true or false",
+    "literal_error": "not one of the choices", "list_type": "not a JSON list",
+    "json_invalid": "not valid JSON", "json_type": "not valid JSON",
+    "string_type": "not a string", "dict_type": "not a JSON object",
+    "model_type": "not a JSON object", "missing": "missing",
+    "string_too_short": "too short", "string_too_long": "too long",
+}
+
+
+def _where(field: str, rest: list[str], flags: Mapping[str, str]) -> str:
+    """``REALTIME_API_KEYS[0].sha256``: the variable (or option) and the place in its value."""
+    name = flags.get(field) or env_name(field)
+    for part in rest:
+        name += f"[{part}]" if part.isdigit() else f".{part}"
+    return name
+
+
+def _line(field: str, rest: list[str] | tuple[str, ...], problem: str,
+          flags: Mapping[str, str]) -> str:
+    info = Settings.model_fields[field]
+    line = f"{_where(field, list(rest), flags)}: {problem}; expected {_expected(info)}"
+    example = _example(info)
+    if example is not None:
+        flag = flags.get(field)
+        shown = shlex.quote(example)
+        line += f", e.g. {flag} {shown}" if flag else f", e.g. {env_name(field)}={shown}"
+    return line
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _range(info: FieldInfo) -> str:
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        for name in ("ge", "gt", "le", "lt"):
+            if getattr(item, name, None) is not None:
+                bounds[name] = getattr(item, name)
+    if "ge" in bounds and "le" in bounds:
+        return f" from {bounds['ge']} to {bounds['le']}"
+    words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+    parts = [f"{words[name]} {value}" for name, value in bounds.items()]
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _expected(info: FieldInfo) -> str:
+    """The format a field's variable takes, in words."""
+    annotation = _unwrap(info.annotation)
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(str(choice) for choice in get_args(annotation))
+    if origin is list:
+        (item,) = get_args(annotation) or (Any,)
+        noun = "strings" if item is str else "objects" if isinstance(item, type) and \
+            issubclass(item, BaseModel) else "values"
+        return f"a JSON list of {noun}"
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "an integer" + _range(info)
+    if annotation is float:
+        return "a number" + _range(info)
+    if annotation is Path:
+        return "a path"
+    return "a string"
+
+
+def _example(info: FieldInfo) -> str | None:
+    """An example value of a field, as its variable would hold it."""
+    if info.examples:
+        example = info.examples[0]
+        return example if isinstance(example, str) else json.dumps(example, separators=(",", ":"))
+    annotation = _unwrap(info.annotation)
+    if get_origin(annotation) is Literal:
+        return str(get_args(annotation)[0])
+    if annotation is bool:
+        return "true"
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == [] or isinstance(default, SecretStr):
+        return None
+    return str(default)

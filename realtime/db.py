@@ -72,6 +72,7 @@ __all__ = [
     "ChangeStream",
     "Collection",
     "Database",
+    "describe",
     "is_transient",
     "token_time",
     "translate",
@@ -119,32 +120,74 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def translate(exc: BaseException) -> RealtimeError:
-    """Map a driver exception to the service's error tree."""
+#: Server error codes of a database that is shutting down or restarting.
+_SHUTDOWN_CODES = frozenset({91, 11600, 11602})
+#: Server error codes of a member that is not (or no longer) the primary.
+_NOT_PRIMARY_CODES = frozenset({189, 10107, 13435, 13436})
+
+
+def describe(exc: BaseException, selection_timeout: float | None = None) -> str:
+    """What went wrong with the database, in words for people.
+
+    Never an exception class name (those go to the log); ``selection_timeout``
+    (seconds) is the client's server-selection timeout, when known.
+    """
+    if isinstance(exc, ServerSelectionTimeoutError):
+        if selection_timeout is None:
+            return "the database did not answer in time"
+        return f"the database did not answer within {selection_timeout:g} s"
+    if isinstance(exc, NetworkTimeout | ExecutionTimeout):
+        return "the database took too long to reply"
+    if isinstance(exc, WTimeoutError):
+        return "a majority of the database's members did not confirm the write in time"
+    if isinstance(exc, ConnectionFailure):
+        return "the connection to the database was lost"
+    if isinstance(exc, OperationFailure):
+        if exc.code in _SHUTDOWN_CODES:
+            return "the database is shutting down or restarting"
+        if exc.code in _NOT_PRIMARY_CODES:
+            return "the database is not the primary right now (an election may be under way)"
+        if exc.code in _HISTORY_LOST_CODES:
+            return "the database's history (oplog) no longer holds the resume point"
+        message = str((exc.details or {}).get("errmsg") or "").strip()
+        return f"the database refused the operation (code {exc.code}{': ' if message else ''}" \
+               f"{message[:200]})"
+    return "the database driver failed (see the server log)"
+
+
+def translate(exc: BaseException, selection_timeout: float | None = None) -> RealtimeError:
+    """Map a driver exception to the service's error tree.
+
+    The error's detail says what happened in words (:func:`describe`); the
+    driver's exception class is logged here, at debug level, and stays the
+    error's ``__cause__`` when raised ``from`` it.
+    """
+    log.debug("database error %s: %s", type(exc).__name__, exc)
     if isinstance(exc, DuplicateKeyError):
         return DuplicateKey("a document with this _id already exists")
     if isinstance(exc, OperationFailure) and exc.code in _HISTORY_LOST_CODES:
-        return HistoryLost(f"change stream history lost: {exc}")
+        return HistoryLost(f"change stream history lost: {describe(exc)}")
     if isinstance(exc, WTimeoutError | ExecutionTimeout) or is_transient(exc):
-        return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+        return DatabaseUnavailable(f"database unavailable: {describe(exc, selection_timeout)}")
     if isinstance(exc, OperationFailure) and exc.code in (2, 9, 14, 52, 55, 17419, 10334):
         return InvalidDocument(f"rejected by the database: {exc.details or exc}")
-    return RealtimeError(f"database error: {type(exc).__name__}")
+    log.warning("unexpected database error %s: %s", type(exc).__name__, exc)
+    return RealtimeError(f"database error: {describe(exc, selection_timeout)}")
 
 
 @asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+async def _translated(selection_timeout: float | None = None) -> AsyncIterator[None]:
     try:
         yield
     except PyMongoError as exc:
-        raise translate(exc) from exc
+        raise translate(exc, selection_timeout) from exc
 
 
-async def _call(awaitable: Awaitable[T]) -> T:
+async def _call(awaitable: Awaitable[T], selection_timeout: float | None = None) -> T:
     try:
         return await awaitable
     except PyMongoError as exc:
-        raise translate(exc) from exc
+        raise translate(exc, selection_timeout) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +251,13 @@ def token_time(data: str) -> tuple[int, int] | None:
 class ChangeStream:
     """A change stream cursor; events are raw BSON-decoded dicts."""
 
-    def __init__(self, stream: _Stream, pending: set[asyncio.Task[Any]] | None = None) -> None:
+    def __init__(self, stream: _Stream, pending: set[asyncio.Task[Any]] | None = None,
+                 selection_timeout: float | None = None) -> None:
         self._stream = stream
         #: PyMongo only: reads abandoned by a cancelled caller, awaited by Database.close.
         self._pending = pending
+        #: The client's server-selection timeout in seconds, for error messages.
+        self._wait = selection_timeout
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
@@ -233,10 +279,10 @@ class ChangeStream:
             HistoryLost: the resume point is gone from the oplog.
         """
         if self._pending is None:
-            return await _call(self._stream.try_next())
+            return await _call(self._stream.try_next(), self._wait)
         read = asyncio.ensure_future(self._stream.try_next())
         try:
-            return await _call(asyncio.shield(read))
+            return await _call(asyncio.shield(read), self._wait)
         except asyncio.CancelledError:
             read.cancel()
             done, _ = await asyncio.wait({read}, timeout=_CANCEL_GRACE)
@@ -257,13 +303,15 @@ class ChangeStream:
 class Collection:
     """Document operations on one collection, with driver errors translated."""
 
-    def __init__(self, coll: _Coll) -> None:
+    def __init__(self, coll: _Coll, selection_timeout: float | None = None) -> None:
         self._coll = coll
         self.name: str = coll.name
+        #: The client's server-selection timeout in seconds, for error messages.
+        self._wait = selection_timeout
 
     async def insert_one(self, doc: dict[str, Any]) -> Any:
         """Insert ``doc``; return its ``_id``. Raises DuplicateKey, DatabaseUnavailable."""
-        result = await _call(self._coll.insert_one(doc))
+        result = await _call(self._coll.insert_one(doc), self._wait)
         return result.inserted_id
 
     async def insert_many(
@@ -281,13 +329,17 @@ class Collection:
             ]
             return [d.get("_id") for d in docs[:n]], errors
         except PyMongoError as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self._wait) from exc
         return list(result.inserted_ids), []
 
     async def find_one(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
         """One matching document or None."""
-        doc: dict[str, Any] | None = await _call(self._coll.find_one(query))
+        doc: dict[str, Any] | None = await _call(self._coll.find_one(query), self._wait)
         return doc
+
+    async def count_documents(self, query: Mapping[str, Any]) -> int:
+        """How many documents match ``query``. Raises DatabaseUnavailable."""
+        return int(await _call(self._coll.count_documents(dict(query)), self._wait))
 
     async def find(
         self,
@@ -302,7 +354,7 @@ class Collection:
         cursor = self._coll.find(query, sort=list(sort) if sort else None, limit=limit,
                                  skip=skip, batch_size=batch_size)
         try:
-            async with _translated():
+            async with _translated(self._wait):
                 async for doc in cursor:
                     yield doc
         finally:
@@ -325,7 +377,7 @@ class Collection:
         """
         coll = self._coll.with_options(read_concern=ReadConcern("majority"))
         docs: list[dict[str, Any]] = []
-        async with _translated():
+        async with _translated(self._wait):
             started = coll.database.client.start_session(causal_consistency=False)
             session = await started if asyncio.iscoroutine(started) else started
             async with session:
@@ -345,7 +397,7 @@ class Collection:
     ) -> dict[str, Any] | None:
         """Replace the matching document; return the new one (None if nothing matched)."""
         result: dict[str, Any] | None = await _call(self._coll.find_one_and_replace(
-            query, doc, upsert=upsert, return_document=ReturnDocument.AFTER))
+            query, doc, upsert=upsert, return_document=ReturnDocument.AFTER), self._wait)
         return result
 
     async def find_one_and_update(
@@ -353,12 +405,12 @@ class Collection:
     ) -> dict[str, Any] | None:
         """Update the matching document; return the new one (None if nothing matched)."""
         result: dict[str, Any] | None = await _call(self._coll.find_one_and_update(
-            query, update, upsert=upsert, return_document=ReturnDocument.AFTER))
+            query, update, upsert=upsert, return_document=ReturnDocument.AFTER), self._wait)
         return result
 
     async def delete_one(self, query: Mapping[str, Any]) -> int:
         """Delete one matching document; return how many were deleted."""
-        result = await _call(self._coll.delete_one(query))
+        result = await _call(self._coll.delete_one(query), self._wait)
         return int(result.deleted_count)
 
 
@@ -390,12 +442,14 @@ class Database:
             settings.database, write_concern=WriteConcern(w="majority")
         )
         self.name = settings.database
+        #: The server-selection timeout in seconds, for error messages.
+        self._wait = settings.server_selection_timeout_ms / 1000
         self._prepared: set[str] = set()
         self._pending: set[asyncio.Task[Any]] = set()
 
     async def ping(self) -> None:
         """Raises DatabaseUnavailable unless the database answers."""
-        await _call(self._client.admin.command("ping"))
+        await _call(self._client.admin.command("ping"), self._wait)
 
     async def oldest_oplog_time(self) -> tuple[int, int] | None:
         """Cluster time of the oldest oplog entry, or None if it cannot be read."""
@@ -411,7 +465,7 @@ class Database:
 
     def collection(self, name: str) -> Collection:
         """A collection handle (no I/O)."""
-        return Collection(self._db.get_collection(name))
+        return Collection(self._db.get_collection(name), self._wait)
 
     async def prepare_collection(self, name: str) -> None:
         """Create ``name`` with change-stream pre-images if it does not exist yet.
@@ -428,14 +482,14 @@ class Database:
             pass  # already exists
         except OperationFailure as exc:
             if exc.code != 48:  # NamespaceExists
-                raise translate(exc) from exc
+                raise translate(exc, self._wait) from exc
         except PyMongoError as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self._wait) from exc
         self._prepared.add(name)
 
     async def list_collection_names(self) -> list[str]:
         """Names of the database's collections."""
-        names: list[str] = await _call(self._db.list_collection_names())
+        names: list[str] = await _call(self._db.list_collection_names(), self._wait)
         return names
 
     async def watch(
@@ -462,16 +516,16 @@ class Database:
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
         )
-        async with _translated():
+        async with _translated(self._wait):
             if isinstance(self._db, AsyncDatabase):
                 # PyMongo's async watch() opens the server cursor itself.
                 return ChangeStream(await self._db.watch(list(pipeline), **options),
-                                    self._pending)
+                                    self._pending, self._wait)
             stream = self._db.watch(list(pipeline), **options)
             # Open the server cursor now (Motor opens it lazily on a worker thread), so
             # errors surface here and the post-batch resume token is known at once.
             await _compat.open_motor_change_stream(stream)
-        return ChangeStream(stream)
+        return ChangeStream(stream, None, self._wait)
 
     async def close(self) -> None:
         """Close the client and its pool."""

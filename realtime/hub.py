@@ -76,6 +76,9 @@ class Hub:
         #: SETTLING subscriptions, each with the number of the feed's poll that will
         #: prove the feed passed its snapshot's read.
         self._settling: dict[Subscription, int] = {}
+        #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
+        #: connection is told after ``welcome`` unless it is live.
+        self.feed_status: str = protocol.FEED_LIVE
 
     # -- connections ---------------------------------------------------------------
     def outbox(self, **kwargs: Any) -> Outbox:
@@ -319,6 +322,22 @@ class Hub:
             subscription.conn.send(protocol.render_resync(subscription.sub, reason))
             count += 1
         return count
+
+    def status(self, feed: str) -> int:
+        """Send ``status`` (``protocol.FEED_*``) to every connection if ``feed`` changed.
+
+        Returns the number of connections told (0 when nothing changed).
+
+        Raises:
+            ValueError: ``feed`` is not one of ``protocol.FEED_STATES``.
+        """
+        message = protocol.render_status(feed)
+        if feed == self.feed_status:
+            return 0
+        self.feed_status = feed
+        for conn in list(self.connections):
+            conn.send(message)
+        return len(self.connections)
 
     def close_all(self, code: int, reason: str = "") -> None:
         """Close every connection (e.g. 1001 on shutdown), after writing any open batch."""

@@ -4,7 +4,7 @@ Sans-I/O: pure functions over ``str``/``bytes``, no sockets, no database.
 The ``/ws`` endpoint reads a text frame, calls :func:`parse_client_message`,
 and sends the strings the ``render_*`` functions return as text frames.
 
-Change events are serialized once (DESIGN.md §1): :func:`encode_event_body`
+Change events are serialized once: :func:`encode_event_body`
 encodes the part of a change message shared by every subscriber, once per
 event; :func:`change_prefix` is computed once per subscription; and
 :func:`render_change` only concatenates the two around the ``op``, so the
@@ -31,6 +31,10 @@ from realtime import names, query
 __all__ = [
     "CHANGE_OPS",
     "DEFAULT_LIMIT",
+    "FEED_DOWN",
+    "FEED_LIVE",
+    "FEED_RETRYING",
+    "FEED_STATES",
     "MAX_FRAME_BYTES",
     "MAX_SINCE_LENGTH",
     "MAX_SUBSCRIPTIONS",
@@ -55,6 +59,7 @@ __all__ = [
     "render_pong",
     "render_resync",
     "render_snapshot",
+    "render_status",
     "render_subscribed",
     "render_welcome",
     "text_frame",
@@ -128,6 +133,20 @@ class ResyncReason(StrEnum):
     HISTORY_LOST = "history_lost"
     INVALIDATED = "invalidated"
     OVERFLOW = "overflow"
+
+
+#: ``status`` message: the change stream is open; changes arrive as they are committed.
+FEED_LIVE: Final = "live"
+#: ``status`` message: the server lost its change stream (the database restarts, a
+#: network error) and reconnects with backoff. Nothing is lost: the changes committed
+#: meanwhile follow the next ``live``, in commit order, once each.
+FEED_RETRYING: Final = "retrying"
+#: ``status`` message: the database is down: the server has retried for a while
+#: (10 s) without getting its change stream back, or it knows the database process
+#: has exited. It keeps retrying; the next ``status`` is ``live`` once it is back.
+FEED_DOWN: Final = "down"
+#: The values of a ``status`` message's ``feed``.
+FEED_STATES: Final = frozenset({FEED_LIVE, FEED_RETRYING, FEED_DOWN})
 
 
 class ProtocolError(Exception):
@@ -445,6 +464,21 @@ def render_pong(ref: str | int | None) -> str:
     if ref is None:
         return _PONG
     return _json({"type": "pong", "ref": ref})
+
+
+def render_status(feed: str) -> str:
+    """``{"type":"status","feed":...}``: the state of the server's change stream.
+
+    Sent to every connection when the state changes, and right after
+    ``welcome`` when it is not :data:`FEED_LIVE`. ``feed`` is one of
+    :data:`FEED_LIVE`, :data:`FEED_RETRYING`, :data:`FEED_DOWN`.
+
+    Raises:
+        ValueError: if ``feed`` is not one of :data:`FEED_STATES`.
+    """
+    if feed not in FEED_STATES:
+        raise ValueError(f"feed must be one of {sorted(FEED_STATES)}, not {feed!r}")
+    return '{"type":"status","feed":"' + feed + '"}'
 
 
 def render_authenticated() -> str:

@@ -21,7 +21,7 @@ negotiated no extension (the header is two to ten bytes, see
 :func:`realtime.protocol.text_frame`): measured in ``bench/``, that is most of
 the per-message CPU the server spends outside the ``send`` system call.
 
-An idle connection's memory is mostly what this protocol keeps (DESIGN.md §8:
+An idle connection's memory is mostly what this protocol keeps (docs/performance.md:
 10,000 idle subscribers at 25 KB each at most): the protocol's attributes live
 in slots, the handshake request is let go once answered
 (:func:`realtime._compat.forget_request`), and the receive queue

@@ -5,6 +5,11 @@ the hub, the feed task and the catch-up tasks all live in :class:`Services`,
 built by :func:`running` and reached by routes through :mod:`realtime.api.deps`.
 Stopping closes every WebSocket with 1001, cancels and awaits every task,
 closes the client and stops the embedded server.
+
+The embedded server, when the lifespan starts it, comes with a lock on its
+data directory (held until it stops: a second server on the directory fails
+at once) and a supervisor task that restarts it when it dies unexpectedly and
+tells the feed (``down`` until it is back).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from realtime.auth import Authenticator
+from realtime.backoff import Backoff
 from realtime.catchup import DatabaseHistory
 from realtime.config import Settings
 from realtime.db import Database
-from realtime.embedded import EmbeddedServer
+from realtime.embedded import DataDirLock, EmbeddedServer
 from realtime.hub import Hub
 from realtime.limits import Limits
 from realtime.protocol import CloseCode
@@ -71,12 +77,21 @@ async def running(settings: Settings, auth: Authenticator,
     (``/readyz`` says why).
 
     Raises:
-        EmbeddedUnavailable: the embedded database could not start.
+        DataDirInUse: another realtime server uses the data directory.
+        EmbeddedUnavailable: the embedded database could not start (the message
+            quotes the last meaningful line of its log).
     """
     embedded = None
+    lock = None
     uri = settings.mongodb_uri
     if uri is None:
-        embedded = await _start_embedded(settings)
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()  # before the database: a second server fails here, in one line
+        try:
+            embedded = await _start_embedded(settings)
+        except BaseException:
+            lock.release()
+            raise
         uri = embedded.uri
     db = Database(settings, uri)
     hub = Hub(settings.ring_size)
@@ -85,6 +100,13 @@ async def running(settings: Settings, auth: Authenticator,
     services = Services(settings=settings, db=db, store=Store(db, settings), hub=hub,
                         feed=feed, history=history, embedded=embedded, auth=auth,
                         limits=limits)
+    supervisor = None
+    if embedded is not None:
+        supervisor = asyncio.get_running_loop().create_task(
+            embedded.supervise(on_exit=feed.database_gone, on_ready=feed.database_back,
+                               backoff=Backoff(settings.retry_base_seconds,
+                                               settings.retry_cap_seconds)),
+            name="realtime-embedded-supervisor")
     feed.start()
     try:
         try:
@@ -98,6 +120,16 @@ async def running(settings: Settings, auth: Authenticator,
         await history.stop()
         await feed.stop()
         await db.close()
+        if supervisor is not None:  # first: a deliberate stop is no crash to repair
+            supervisor.cancel()
+            try:
+                await supervisor
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("the embedded database's supervisor failed")
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+        if lock is not None:
+            lock.release()
         log.info("realtime stopped")

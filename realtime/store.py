@@ -244,6 +244,19 @@ class Store:
             raise _not_found(collection, id)
         return doc
 
+    async def count(self, collection: str, *, filter: Mapping[str, Any] | None = None,
+                    tenant: Tenant | None = None) -> int:
+        """How many documents match ``filter`` (already in MongoDB form), of ``tenant``.
+
+        Raises:
+            DatabaseUnavailable
+        """
+        coll = self._coll(collection)
+        query: dict[str, Any] = dict(filter or {})
+        if tenant is not None:
+            query = tenant.restrict(query)
+        return await coll.count_documents(query)
+
     async def list(
         self,
         collection: str,

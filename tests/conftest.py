@@ -18,7 +18,7 @@ import pytest
 
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer
-from tests.helpers import LiveServer, live_server, running_app
+from tests.helpers import LiveServer, ServerProcess, live_server, running_app, server_process
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
@@ -87,3 +87,11 @@ async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to the live server over a real socket."""
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as c:
         yield c
+
+
+@pytest.fixture
+async def server(mongo: EmbeddedServer) -> AsyncIterator[ServerProcess]:
+    """``realtime serve`` as a subprocess, on a database of the test's own."""
+    async with server_process({"REALTIME_MONGODB_URI": mongo.uri,
+                               "REALTIME_DATABASE": f"p_{uuid.uuid4().hex[:12]}"}) as proc:
+        yield proc

@@ -6,8 +6,7 @@ import asyncio
 import itertools
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -386,15 +385,6 @@ async def test_token_provider_without_a_new_token_stays_closed(settings: Setting
 # Against a server process that dies and comes back
 
 
-@pytest.fixture
-async def server(mongo: EmbeddedServer) -> AsyncIterator[ServerProcess]:
-    proc = ServerProcess({"REALTIME_MONGODB_URI": mongo.uri,
-                          "REALTIME_DATABASE": f"c_{uuid.uuid4().hex[:12]}"})
-    try:
-        await proc.start()
-        yield proc
-    finally:
-        proc.kill()
 
 
 @pytest.mark.parametrize("how", ["kill", "terminate"])

@@ -54,7 +54,7 @@ async def db(request: pytest.FixtureRequest, mongo: EmbeddedServer) -> AsyncIter
 
 
 def test_only_the_seam_imports_a_driver() -> None:
-    """DESIGN §1: only realtime/db.py imports motor or pymongo (bson is the codec's)."""
+    """Only realtime/db.py imports motor or pymongo (bson is the codec's)."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         if path.name == "db.py" and path.parent == PACKAGE:

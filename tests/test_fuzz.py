@@ -104,7 +104,8 @@ def _operations(schema: Any) -> list[Any]:
 #: must be a JSON filter, ``sort`` a field list, ``after`` a cursor the server made):
 #: a schema-valid request may still be refused (400), so only here the
 #: positive-data-acceptance check is left out. Every other check runs everywhere.
-_QUERY_LANGUAGES = {"GET /api/collections/{collection}/documents"}
+_QUERY_LANGUAGES = {"GET /api/collections/{collection}/documents",
+                    "GET /api/collections/{collection}/documents:count"}
 
 
 def _fuzz(operation: Any, mode: GenerationMode, session: requests.Session,

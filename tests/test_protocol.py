@@ -29,6 +29,7 @@ from realtime.protocol import (
     render_pong,
     render_resync,
     render_snapshot,
+    render_status,
     render_subscribed,
     render_welcome,
 )
@@ -671,6 +672,22 @@ def test_render_authenticated() -> None:
     assert render_authenticated() == '{"type":"authenticated"}'
 
 
+@pytest.mark.parametrize("feed", ["live", "retrying", "down"])
+def test_render_status(feed: str) -> None:
+    assert_compact(render_status(feed), {"type": "status", "feed": feed})
+
+
+def test_status_states_are_the_three_constants() -> None:
+    assert protocol.FEED_STATES == {protocol.FEED_LIVE, protocol.FEED_RETRYING,
+                                    protocol.FEED_DOWN} == {"live", "retrying", "down"}
+
+
+@pytest.mark.parametrize("feed", ["starting", "LIVE", "", "stopped"])
+def test_render_status_refuses_an_unknown_state(feed: str) -> None:
+    with pytest.raises(ValueError, match="feed must be one of"):
+        render_status(feed)
+
+
 def test_renderers_raise_type_error_for_unencodable_values() -> None:
     with pytest.raises(TypeError):
         render_subscribed("\ud800", None)
@@ -752,7 +769,7 @@ def test_render_change(
     )
     text = render_change(change_prefix(sub), op, body)
     assert_compact(text, expected_change(sub, op, key, document, updated, removed))
-    # the keys a client sees, in the DESIGN.md order apart from "op"
+    # the keys a client sees, in the documented order apart from "op"
     keys = list(orjson.loads(text))
     assert keys[:3] == ["type", "sub", "op"]
     assert keys[-1] == "ts"

@@ -16,7 +16,7 @@ from bson import ObjectId
 from realtime.codec import key_to_json
 from realtime.config import Settings
 from realtime.paging import decode_cursor, encode_cursor, parse_sort
-from tests.helpers import running_app
+from tests.helpers import apikey_settings, asgi_client, bearer, running_app
 
 DOCS = "/api/collections/things/documents"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
@@ -559,6 +559,54 @@ async def test_list_filter_by_object_id(client: httpx.AsyncClient) -> None:
     assert [d["a"] for d in r.json()["documents"]] == [2]
 
 
+async def test_count_matches_the_list(client: httpx.AsyncClient) -> None:
+    """``documents:count`` counts what the list pages through, with the same filter."""
+    count_url = f"{DOCS}:count"
+    assert (await client.get(count_url)).json() == {"count": 0}
+    r = await client.post(f"{DOCS}:bulk", json=[{"n": i, "odd": i % 2 == 1} for i in range(25)])
+    assert r.status_code == 200
+    r = await client.get(count_url)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"count": 25}
+    r = await client.get(count_url, params={"filter": '{"odd": true, "n": {"$gte": 10}}'})
+    assert r.json() == {"count": 7}
+    listed, _ = await read_pages(client, 1000, filter='{"odd": true, "n": {"$gte": 10}}')
+    assert len(listed) == 7
+    assert (await client.get("/api/collections/neverwritten/documents:count")).json() == {
+        "count": 0}
+    assert "not valid JSON" in problem(await client.get(count_url, params={"filter": "{"}), 400)[
+        "detail"]
+    assert "$where" in problem(await client.get(count_url, params={"filter": '{"$where": "1"}'}),
+                               400)["detail"]
+    problem(await client.get(count_url, params={"limit": "3"}), 400)  # not a count parameter
+    problem(await client.get("/api/collections/system.x/documents:count"), 400)
+
+
+async def test_count_is_tenant_and_scope_checked(settings: Settings) -> None:
+    keys_ = {"ka": {"scopes": ["read:*", "write:*"], "tenant": "a"},
+             "kb": {"scopes": ["read:orders"], "tenant": "b"},
+             "logs": {"scopes": ["read:logs", "write:logs"]},
+             "root": {"scopes": ["read:*", "write:*"]}}
+    limited = apikey_settings(settings, keys_, collections=["orders", "logs"])
+    async with asgi_client(limited) as c:
+        orders = "/api/collections/orders/documents"
+        for i in range(3):
+            assert (await c.post(orders, json={"i": i}, headers=bearer("ka"))).status_code == 201
+        await c.post(orders, json={"i": 9, "tenant": "b"}, headers=bearer("root"))
+        await c.post(orders, json={"i": 10}, headers=bearer("root"))
+        assert (await c.get(f"{orders}:count", headers=bearer("ka"))).json() == {"count": 3}
+        assert (await c.get(f"{orders}:count", headers=bearer("kb"))).json() == {"count": 1}
+        escape = '{"$or": [{"tenant": "a"}, {"tenant": {"$ne": "zzz"}}]}'
+        r = await c.get(f"{orders}:count", params={"filter": escape}, headers=bearer("kb"))
+        assert r.json() == {"count": 1}
+        assert (await c.get(f"{orders}:count", headers=bearer("root"))).json() == {"count": 5}
+        problem(await c.get(f"{orders}:count"), 401)
+        problem(await c.get(f"{orders}:count", headers=bearer("logs")), 403)
+        problem(await c.get("/api/collections/other/documents:count", headers=bearer("root")),
+                404)
+
+
 def test_cursor_roundtrip_keeps_bson_types() -> None:
     import datetime as dt
 
@@ -725,6 +773,7 @@ async def test_openapi_lists_routes_and_problems(client: httpx.AsyncClient) -> N
     assert set(docs) == {"get", "post"}
     assert set(one) == {"get", "put", "patch", "delete"}
     assert set(bulk) == {"post"}
+    assert set(paths["/api/collections/{collection}/documents:count"]) == {"get"}
     assert "get" in paths["/api/collections"]
     for op in [*docs.values(), *one.values(), *bulk.values()]:
         assert "503" in op["responses"]

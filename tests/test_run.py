@@ -117,4 +117,4 @@ async def test_serve_without_embedded_or_uri_says_what_to_do(tmp_path: Path) -> 
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "REALTIME_MONGODB_URI" in result.stderr
-    assert "realtime[embedded]" in result.stderr
+    assert "realtime-mongo[embedded]" in result.stderr

@@ -2,7 +2,7 @@
 
 Every scenario module has ``async def run(opts) -> dict`` (starts what it
 needs, measures, returns the report it wrote with :func:`bench.report.finish`)
-and ``RENDER``, its :class:`bench.report.Renderer`. DESIGN.md §8 has the targets;
+and ``RENDER``, its :class:`bench.report.Renderer`. docs/performance.md has the targets;
 ``bench/README.md`` explains every figure.
 """
 

@@ -28,7 +28,7 @@ from bench.report import Row, cpu_note
 
 __all__ = ["RENDER", "TARGET_KB", "run"]
 
-#: DESIGN.md §8: at most this much memory per idle subscriber (at 10,000).
+#: The target: at most this much memory per idle subscriber (at 10,000).
 TARGET_KB = 10
 
 

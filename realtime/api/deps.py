@@ -55,7 +55,8 @@ async def _settings(request: Request) -> Settings:
 
 #: The ``{collection}`` path parameter (names starting with "system" are refused too).
 CollectionPath = Annotated[str, Path(
-    pattern=COLLECTION_PATTERN, description="A collection name (not `system*`).")]
+    pattern=COLLECTION_PATTERN, description="A collection name (not `system*`).",
+    examples=["orders"])]
 
 # Declares the scheme in the OpenAPI schema; the header is read by get_principal.
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",

@@ -7,6 +7,9 @@ refuses a browser request that does not name a loopback host.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -18,7 +21,8 @@ from realtime.limits import Limits, normalize_origin
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["API_CSP", "DASHBOARD_CSP", "SecurityHeadersMiddleware"]
+__all__ = ["API_CSP", "CLIENT_MODULE_PATH", "DASHBOARD_CSP", "DOCS_CSP",
+           "SecurityHeadersMiddleware", "docs_csp"]
 
 #: The dashboard's Content-Security-Policy: only this origin, no inline script or style.
 DASHBOARD_CSP: Final = (
@@ -28,6 +32,16 @@ DASHBOARD_CSP: Final = (
 )
 #: The REST API's JSON (``/api/``): nothing may load from it, nothing may frame it.
 API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
+#: The interactive API docs (``/docs``, ``/redoc``): scripts from this origin plus the
+#: page's own inline script by hash (:func:`docs_csp`); ReDoc injects styles and runs
+#: its search in a ``blob:`` worker. Nothing loads from elsewhere (ReDoc's footer logo
+#: from its CDN is blocked).
+DOCS_CSP: Final = (
+    "default-src 'self'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_INLINE_SCRIPT: Final = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 _DASHBOARD_CSP_VALUE: Final = DASHBOARD_CSP.encode()
 _API_CSP_VALUE: Final = API_CSP.encode()
 _COMMON_HEADERS: Final = (
@@ -37,6 +51,25 @@ _COMMON_HEADERS: Final = (
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 )
+#: The one response any origin may load: the JavaScript client, an ES module that
+#: pages elsewhere import from the server (``import ... from "https://host/static/realtime.js"``).
+#: A module script is fetched with CORS, so it needs ``Access-Control-Allow-Origin``;
+#: ``Cross-Origin-Resource-Policy: cross-origin`` lets no-cors loads (and pages with
+#: ``Cross-Origin-Embedder-Policy``) have it too. It holds no data: the WebSocket and
+#: the REST API keep their origin checks. Every other asset stays ``same-origin``.
+CLIENT_MODULE_PATH: Final = "/static/realtime.js"
+_CLIENT_MODULE_HEADERS: Final = (
+    (b"cross-origin-resource-policy", b"cross-origin"),
+    (b"access-control-allow-origin", b"*"),
+)
+
+
+def docs_csp(html: bytes) -> str:
+    """:data:`DOCS_CSP` for a docs page: its inline ``<script>`` blocks allowed by SHA-256."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+        for script in _INLINE_SCRIPT.findall(html))
+    return DOCS_CSP.format(hashes=hashes)
 
 
 def _browser_host_ok(scope: Scope, settings: Settings) -> bool:
@@ -69,8 +102,10 @@ class SecurityHeadersMiddleware:
     """Adds security headers to every HTTP response; guards loopback-only servers.
 
     The dashboard (``/`` and ``/static/``) gets :data:`DASHBOARD_CSP`, the REST
-    API (``/api/``) :data:`API_CSP`; probes and the interactive docs (which bring
-    their own scripts) none. In mode
+    API (``/api/``) :data:`API_CSP`, the interactive docs their own
+    (:func:`docs_csp`, set by their routes); probes none. Responses are
+    ``Cross-Origin-Resource-Policy: same-origin``, except the JavaScript client
+    (:data:`CLIENT_MODULE_PATH`), which any origin may import. In mode
     ``none`` (without ``insecure``) a browser request (one with ``Origin`` or
     ``Sec-Fetch-Site``) whose ``Host`` is not a loopback name is refused with
     403, so a DNS-rebinding page cannot read a development server.
@@ -96,6 +131,11 @@ class SecurityHeadersMiddleware:
             return
         path: str = scope.get("path", "")
         csp: bytes | None = None
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if path == CLIENT_MODULE_PATH:
+            # Before the common headers, so its CORP wins; CORS for an allowed origin
+            # (CORSMiddleware, inside this one) keeps its own answer.
+            extra = _CLIENT_MODULE_HEADERS
         if path == "/" or path.startswith("/static/"):
             csp = _DASHBOARD_CSP_VALUE
         elif path.startswith("/api/"):
@@ -105,7 +145,10 @@ class SecurityHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in _COMMON_HEADERS if h[0] not in present)
+                for header in (*extra, *_COMMON_HEADERS):
+                    if header[0] not in present:
+                        headers.append(header)
+                        present.add(header[0])
                 if csp is not None and b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", csp))
                 message = {**message, "headers": headers}

@@ -1,4 +1,4 @@
-"""``/api/...``: the REST API for writers and readers of documents (DESIGN §4).
+"""``/api/...``: the REST API for writers and readers of documents (docs/api.md).
 
 Request bodies are read here, not by pydantic: the size limit is enforced on
 ``Content-Length`` and on the bytes actually received (413), the media type must
@@ -31,7 +31,7 @@ from realtime.api.deps import (
     StoreDep,
     WriterDep,
 )
-from realtime.api.problems import PROBLEM_JSON
+from realtime.api.problems import PROBLEM_JSON, PROBLEM_SCHEMA
 from realtime.codec import check_document, dumps, key_to_json, loads, parse_id
 from realtime.config import Settings
 from realtime.errors import (
@@ -65,11 +65,16 @@ async def _known_query(request: Request) -> None:
     dependant = getattr(route, "dependant", None)
     if dependant is None:  # pragma: no cover - always an APIRoute here
         return
-    known = {param.alias for param in _query_params(dependant)}
-    unknown = sorted(set(request.query_params) - known)
+    known = list(dict.fromkeys(param.alias for param in _query_params(dependant)))
+    unknown = sorted(set(request.query_params) - set(known))
     if unknown:
         listed = ", ".join(repr(name[:40]) for name in unknown[:5])
-        raise BadRequest(f"unknown query parameter{'s' if len(unknown) > 1 else ''} {listed}")
+        takes = f"this operation takes {', '.join(known)}" if known else \
+            "this operation takes no query parameters"
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {listed}; {takes}",
+            invalid_params=[{"name": name[:64], "in": "query", "reason": f"unknown; {takes}"}
+                            for name in unknown])
 
 
 def _query_params(dependant: Any) -> list[Any]:
@@ -86,21 +91,6 @@ MERGE_PATCH = "application/merge-patch+json"
 _STREAM_CHUNK = 64 * 1024
 
 # ----------------------------------------------------------------- OpenAPI bits
-
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "title": "Problem",
-    "type": "object",
-    "description": "RFC 9457 problem details.",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-    },
-    "required": ["type", "title", "status", "detail"],
-}
-
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -145,7 +135,8 @@ _DOCUMENT_SCHEMA: dict[str, Any] = {
     "additionalProperties": True,
 }
 _WHY: dict[int, str] = {
-    400: "Malformed JSON, a bad filter, sort, cursor, parameter, id or collection name.",
+    400: "Malformed JSON, a bad filter, sort, cursor, parameter, id or collection name; "
+         "`detail` says what to fix and `invalid_params` names each bad parameter.",
     404: "No such document, or the collection is not exposed.",
     409: "A document with this `_id` already exists (or it kept changing: retry).",
     412: "`If-Match` did not match the document's current version.",
@@ -155,7 +146,7 @@ _WHY: dict[int, str] = {
          "containing `.` or NUL; a bad `_id`).",
     401: "No credentials, or credentials that are not valid (`WWW-Authenticate: Bearer`).",
     403: "The credentials lack the collection's scope, or the document names another "
-         "tenant.",
+         "tenant (or, without authentication, a browser asked for a non-loopback host).",
     429: "Over the credential's request rate; retry after `Retry-After` seconds.",
     503: "The database is unreachable; retry after `Retry-After` seconds.",
 }
@@ -169,7 +160,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     for code in sorted({*codes, 400, 401, 403, 429, 503}):
         entry: dict[str, Any] = {
             "description": _WHY[code],
-            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
         }
         if code in (429, 503):
             entry["headers"] = _RETRY_AFTER
@@ -327,7 +318,8 @@ IdPath = Annotated[str, Path(
 IfMatchHeader = Annotated[
     str | None,
     Header(alias="If-Match", pattern=rf"^\s*(?:\*|{_ETAG_VALUE})\s*$",
-           description='`"<version>"` from an ETag, or `*` (must exist).'),
+           description='`"<version>"` from an ETag, or `*` (must exist).',
+           examples=['"3"', "*"]),
 ]
 
 _LIST_SCHEMA: dict[str, Any] = {
@@ -338,6 +330,11 @@ _LIST_SCHEMA: dict[str, Any] = {
                  "description": "Cursor of the next page (`after`), null on the last page."},
     },
     "required": ["documents", "next"],
+}
+_COUNT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"count": {"type": "integer", "minimum": 0}},
+    "required": ["count"],
 }
 _BULK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -416,6 +413,27 @@ async def insert_documents(collection: CollectionPath, request: Request, store: 
                     media_type=JSON)
 
 
+FilterQuery = Annotated[str | None, Query(
+    alias="filter", max_length=65_536,
+    description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')]
+
+
+def _mongo_filter(text: str | None) -> dict[str, Any]:
+    """The ``filter`` query parameter in MongoDB form (``{}`` if absent).
+
+    Raises:
+        BadRequest: not JSON, or not in the filter language (400).
+    """
+    if text is None:
+        return {}
+    try:
+        return query.to_mongo(query.validate(loads(text)))
+    except BadRequest as exc:
+        raise BadRequest(f"filter is not valid JSON: {exc.detail}") from None
+    except query.FilterError as exc:
+        raise BadRequest(f"bad filter: {exc}") from None
+
+
 @router.get(
     _DOCS,
     summary="List documents (filter, sort, keyset pages)",
@@ -425,9 +443,7 @@ async def list_documents(
     collection: CollectionPath,
     store: StoreDep,
     principal: ReaderDep,
-    filter_: Annotated[str | None, Query(
-        alias="filter", max_length=65_536,
-        description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')] = None,
+    filter_: FilterQuery = None,
     sort: Annotated[str | None, Query(
         max_length=2048, description="Comma-separated fields, `-` for descending: `-ts,name`."
     )] = None,
@@ -438,15 +454,7 @@ async def list_documents(
 ) -> Response:
     """One page of documents, streamed; ``next`` continues after its last document."""
     store.check_collection(collection)
-    mongo_filter: dict[str, Any] = {}
-    if filter_ is not None:
-        try:
-            mongo_filter = query.to_mongo(query.validate(loads(filter_)))
-        except BadRequest as exc:
-            raise BadRequest(f"filter is not valid JSON: {exc.detail}") from None
-        except query.FilterError as exc:
-            raise BadRequest(f"bad filter: {exc}") from None
-    page = await store.list(collection, filter=mongo_filter, sort=parse_sort(sort),
+    page = await store.list(collection, filter=_mongo_filter(filter_), sort=parse_sort(sort),
                             limit=limit, after=after, skip=skip, tenant=principal.tenant)
 
     async def body() -> AsyncIterator[bytes]:
@@ -467,6 +475,19 @@ async def list_documents(
             await page.aclose()
 
     return StreamingResponse(body(), media_type=JSON)
+
+
+@router.get(
+    _DOCS + ":count",
+    summary="Count documents (filter)",
+    responses={**_ok(200, "How many documents match.", _COUNT_SCHEMA), **_problems(400, 404)},
+)
+async def count_documents(collection: CollectionPath, store: StoreDep, principal: ReaderDep,
+                          filter_: FilterQuery = None) -> Response:
+    """``{"count": N}``: how many documents match ``filter`` (the caller's tenant's only)."""
+    store.check_collection(collection)
+    count = await store.count(collection, filter=_mongo_filter(filter_), tenant=principal.tenant)
+    return Response(dumps({"count": count}), media_type=JSON)
 
 
 @router.get(

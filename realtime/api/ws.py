@@ -1,4 +1,4 @@
-"""``/ws``: the WebSocket endpoint (protocol v1, DESIGN.md §5).
+"""``/ws``: the WebSocket endpoint (protocol v1, docs/protocol.md).
 
 Ties the sans-I/O protocol to the hub: parses client messages, registers
 subscriptions (live, snapshot-then-live, or resume with ``since``) and answers
@@ -11,7 +11,9 @@ allowed is closed with 1008; a client address over its connection limit with
 1013. With authentication on, the credentials come from the ``Authorization:
 Bearer`` header, a ``bearer.<token>`` subprotocol, or the first message
 ``{"op":"auth","token":...}`` within ``auth_timeout_seconds`` (answered with
-``authenticated``); anything else closes with 4401, before ``welcome``. Each
+``authenticated``); anything else closes with 4401, before ``welcome``. When the
+feed is not live, ``welcome`` is followed at once by a ``status`` message (the
+hub sends every later change of the feed's state to every connection). Each
 subscription needs the collection's read scope (else an ``error`` with code
 ``forbidden``); a tenant is ANDed into its filter and checked on every event
 (the tenant is the subscription's owner). When the credentials expire the
@@ -239,6 +241,8 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
     expiry = _schedule_expiry(None, services, conn, principal)
     conn.send(protocol.render_welcome(f"realtime/{__version__}",
                                       services.settings.heartbeat_seconds))
+    if hub.feed_status != protocol.FEED_LIVE:  # connecting during an outage: say so
+        conn.send(protocol.render_status(hub.feed_status))
     try:
         while not conn.closed:
             renewed = await _on_message(services, conn, principal, await websocket.receive())

@@ -6,6 +6,12 @@ to the hub. On a transient error it retries with exponential backoff and full
 jitter, resuming after the last event it published, so no event is lost and
 none is published twice. A lost history or an ``invalidate`` restarts it from
 now and tells the affected subscriptions to ``resync``.
+
+Every change of its state goes to the hub (:meth:`Hub.status`), which tells
+every connection (``status``): ``live`` while the stream is open, ``retrying``
+while it reconnects, ``down`` once it has retried for :data:`DOWN_AFTER_SECONDS`
+or when the embedded database's supervisor reports that the process exited
+(:meth:`Feed.database_gone`), until the stream is open again.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import time
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from realtime.backoff import Backoff
 from realtime.config import Settings
@@ -25,8 +31,12 @@ from realtime.errors import HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, normalise
 from realtime.histogram import LatencyBuckets
 from realtime.hub import Hub
+from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
 
-__all__ = ["Feed", "FeedState", "pipeline"]
+__all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "pipeline"]
+
+#: Seconds of retrying after which the feed is ``down``: not a blip any more.
+DOWN_AFTER_SECONDS: Final = 10.0
 
 log = logging.getLogger("realtime.feed")
 
@@ -41,7 +51,15 @@ class FeedState(StrEnum):
     STARTING = "starting"
     LIVE = "live"
     RETRYING = "retrying"
+    #: Retrying for DOWN_AFTER_SECONDS, or the database process is known to be gone.
+    DOWN = "down"
     STOPPED = "stopped"
+
+
+#: What a ``status`` message says in each state (STOPPED is never announced).
+_STATUS: Final = {FeedState.STARTING: FEED_RETRYING, FeedState.LIVE: FEED_LIVE,
+                  FeedState.RETRYING: FEED_RETRYING, FeedState.DOWN: FEED_DOWN,
+                  FeedState.STOPPED: FEED_DOWN}
 
 
 def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
@@ -57,15 +75,27 @@ def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
 
 
 class Feed:
-    """Watches the database and publishes every change to the hub."""
+    """Watches the database and publishes every change to the hub.
 
-    def __init__(self, db: Database, hub: Hub, settings: Settings) -> None:
+    ``down_after``: seconds of retrying after which the state is ``DOWN``.
+    """
+
+    def __init__(self, db: Database, hub: Hub, settings: Settings, *,
+                 down_after: float = DOWN_AFTER_SECONDS) -> None:
         self._db = db
         self._hub = hub
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
+        self._down_after = down_after
+        self._down_timer: asyncio.TimerHandle | None = None
+        #: Why the database is known to be gone (set by its supervisor), else None.
+        self._gone: str | None = None
+        #: Set to cut a backoff wait short (the database is back).
+        self._wake = asyncio.Event()
         self.state = FeedState.STARTING
+        hub.status(_STATUS[self.state])
+        #: Why the stream is not live, in words for people (no exception class names).
         self.last_error: str | None = None
         self.retrying_since: float | None = None
         self.restarts = 0
@@ -89,6 +119,7 @@ class Feed:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._cancel_down_timer()
         self.state = FeedState.STOPPED
 
     @property
@@ -106,6 +137,48 @@ class Feed:
     def live(self) -> bool:
         """True while the change stream is open."""
         return self.state is FeedState.LIVE
+
+    @property
+    def status(self) -> str:
+        """What a ``status`` message says now: ``live``, ``retrying`` or ``down``."""
+        return _STATUS[self.state]
+
+    def database_gone(self, reason: str) -> None:
+        """The database process exited (its supervisor says): ``down`` until live again.
+
+        ``reason`` is a sentence for people (it becomes :attr:`last_error`).
+        """
+        self._gone = reason
+        self.last_error = reason
+        if self.state in (FeedState.STOPPED, FeedState.DOWN):
+            return
+        if self.retrying_since is None:
+            self.retrying_since = time.time()
+        self._live.clear()
+        self._set_state(FeedState.DOWN)
+
+    def database_back(self) -> None:
+        """The database process runs again: retry now rather than after the backoff."""
+        self._gone = None
+        self._wake.set()
+
+    def _set_state(self, state: FeedState) -> None:
+        if state is not FeedState.RETRYING:
+            self._cancel_down_timer()
+        self.state = state
+        self._hub.status(_STATUS[state])
+
+    def _cancel_down_timer(self) -> None:
+        if self._down_timer is not None:
+            self._down_timer.cancel()
+            self._down_timer = None
+
+    def _retried_too_long(self) -> None:
+        self._down_timer = None
+        if self.state is FeedState.RETRYING:
+            log.error("change stream still down after %.0f s of retries (%s)",
+                      self._down_after, self.last_error)
+            self._set_state(FeedState.DOWN)
 
     async def _open(self) -> ChangeStream:
         after_invalidate = self._invalidated
@@ -147,29 +220,45 @@ class Feed:
                 await stream.close()
 
     def _went_live(self, stream: ChangeStream) -> None:
-        if self.state is not FeedState.LIVE:
-            log.info("change stream live%s", " (resumed)" if self.token else "")
-        self.state = FeedState.LIVE
         self._invalidated = False
-        self.retrying_since = None
-        self.last_error = None
-        self._live.set()
+        self._gone = None
+        self._wake.clear()
+        self._back_live()
         token = stream.resume_token
         if token is not None:
             self.token = token
             self._hub.advance(str(token["_data"]))
 
-    async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
+    def _back_live(self) -> None:
+        if self.state is not FeedState.LIVE:
+            log.info("change stream live%s", " (resumed)" if self.token else "")
+        self.retrying_since = None
+        self.last_error = None
+        self._set_state(FeedState.LIVE)
+        self._live.set()
+
+    async def _retry(self, backoff: Backoff, exc: RealtimeError) -> None:
         delay = backoff.next_delay()
         self.restarts += 1
-        if self.state is not FeedState.RETRYING:
-            self.retrying_since = time.time()
-        self.state = FeedState.RETRYING
         self._live.clear()
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("change stream failed (%s); retry %d in %.2f s", self.last_error,
-                    backoff.attempt, delay)
-        await asyncio.sleep(delay)
+        self.last_error = self._gone or exc.detail
+        if self.state not in (FeedState.RETRYING, FeedState.DOWN):
+            if self.retrying_since is None:
+                self.retrying_since = time.time()
+            if self._gone is not None:
+                self._set_state(FeedState.DOWN)
+            else:
+                self._set_state(FeedState.RETRYING)
+                self._down_timer = asyncio.get_running_loop().call_later(
+                    self._down_after, self._retried_too_long)
+        # The driver's exception class is for the log only (last_error is in words).
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        log.warning("change stream failed (%s: %s); retry %d in %.2f s",
+                    type(cause).__name__, exc.detail, backoff.attempt, delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()  # the database is back: no need to wait longer
+        self._wake.clear()
 
     def _history_lost(self, exc: BaseException) -> None:
         log.error("change stream history lost (%s); restarting from now", exc)
@@ -187,7 +276,10 @@ class Feed:
                 async with asyncio.timeout(stall_after):
                     raw = await stream.try_next()
             except TimeoutError:
-                raise Stalled(f"no batch or heartbeat in {stall_after:.1f} s") from None
+                raise Stalled(f"the change stream sent nothing (not even a heartbeat) for "
+                              f"{stall_after:.1f} s") from None
+            if self.state is not FeedState.LIVE and self._gone is None:
+                self._back_live()  # the driver resumed the stream by itself
             if raw is None:
                 token = stream.resume_token
                 if token is not None and token != self.token:

@@ -1,8 +1,11 @@
-// realtime.js: the browser client of the realtime WebSocket protocol v1.
+// realtime.js: the JavaScript client of the realtime WebSocket protocol v1.
 //
-// A plain ES module with no dependencies and no build step:
+// A plain ES module with no dependencies and no build step. Every realtime
+// server serves it at /static/realtime.js (importable from any origin); the same
+// file is the npm package realtime-mongo-client (clients/js/, with TypeScript
+// declarations). This file is the one source: the package copies it when packed.
 //
-//   import { connect } from "/static/realtime.js";
+//   import { connect } from "/static/realtime.js";   // or from "realtime-mongo-client"
 //   const client = connect("/ws");
 //   client.on("state", (state) => console.log(state));
 //   const stop = client.subscribe("orders", { filter: { status: "open" }, snapshot: true },
@@ -16,6 +19,10 @@
 // With authentication on, pass `token`: a string, or a function (sync or async)
 // that returns the current token and is called on every (re)connect, so an
 // expired JWT is replaced by a fresh one (see `ConnectOptions`).
+//
+// Outside a browser it needs a WebSocket: Node.js 22+ has one built in; on older
+// versions pass one, e.g. `connect(url, { WebSocket })` with `import { WebSocket }
+// from "ws"`.
 
 /** Smallest backoff ceiling, in milliseconds (the first retry waits 0..500 ms). */
 export const BACKOFF_MIN_MS = 500;
@@ -144,7 +151,8 @@ export function keyOf(key) {
  *   codes 1008 (policy/origin) and 4403 (forbidden), always end in `closed`.
  * @property {(attempt: number) => number} [delay] reconnect delay in ms (default {@link backoffDelay})
  * @property {boolean} [autoConnect] connect at once (default true)
- * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (default the global one)
+ * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (default the global
+ *   one; required where there is none, e.g. `WebSocket` of the `ws` package on Node.js < 22)
  */
 
 /**
@@ -180,10 +188,21 @@ export class RealtimeClient {
     this.token = options.token ?? null;
     this._delay = options.delay ?? ((attempt) => backoffDelay(attempt));
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("realtime: no WebSocket in this environment; pass one as the " +
+        "`WebSocket` option (on Node.js before 22: `import { WebSocket } from \"ws\"`)");
+    }
     /** @type {"idle"|"connecting"|"open"|"reconnecting"|"closed"} */
     this.state = "idle";
     /** The server's `welcome` message on the current connection, or null. */
     this.welcome = null;
+    /**
+     * The server's change feed as last reported on this connection (a `status`
+     * message): `"live"`, or `"retrying"`/`"down"` while the database is
+     * unavailable; null when not reported (yet) on this connection.
+     * @type {"live"|"retrying"|"down"|string|null}
+     */
+    this.feed = null;
     /** Failed attempts since the last successful open. */
     this.attempt = 0;
     /** The current WebSocket (diagnostics; do not send on it). */
@@ -205,7 +224,8 @@ export class RealtimeClient {
    * Events: `state` `(state, detail)`; one event per state name (`connecting`,
    * `open`, `reconnecting`, `closed`) `(detail)`; `message` `(msg)` for every
    * server message; `send` `(msg)` for every client message; `error` `(err)`
-   * for connection-level errors.
+   * for connection-level errors; `status` `(feed, msg)` when the server reports
+   * its change feed's state (`live`, `retrying`, `down`; see {@link RealtimeClient#feed}).
    *
    * @param {string} type
    * @param {(...args: any[]) => void} fn
@@ -459,6 +479,7 @@ export class RealtimeClient {
     switch (msg.type) {
       case "welcome":
         this.welcome = msg;
+        this.feed = typeof msg.feed === "string" ? msg.feed : null;
         this.attempt = 0;
         this._authRetry = false;
         this._setState("open", { welcome: msg });
@@ -483,6 +504,10 @@ export class RealtimeClient {
         } else if (msg.type === "error") {
           this._emit("error", new Error(`${msg.code}: ${msg.message}`));
         }
+        return;
+      case "status":
+        this.feed = typeof msg.feed === "string" ? msg.feed : null;
+        this._emit("status", this.feed, msg);
         return;
       default:
         return; // pong, authenticated, future types

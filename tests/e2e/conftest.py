@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.helpers import BROWSER_TIMEOUT_MS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
@@ -53,3 +55,14 @@ async def browser() -> AsyncIterator[Any]:
             _unavailable(f"Chromium does not start: {exc}")
         yield instance
         await instance.close()
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    """A page in a fresh browser context (a module may override it with its own)."""
+    context = await browser.new_context()
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()

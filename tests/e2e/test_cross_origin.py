@@ -23,7 +23,6 @@ from starlette.routing import Route
 from realtime.config import Settings
 from realtime.server import RealtimeServer
 from tests.helpers import (
-    BROWSER_TIMEOUT_MS,
     LiveServer,
     apikey_settings,
     derive,
@@ -56,16 +55,6 @@ FETCH = """async ([url, headers]) => {
     return {blocked: String(err)};
   }
 }"""
-
-
-@pytest.fixture
-async def page(browser: Any) -> AsyncIterator[Any]:
-    context = await browser.new_context()
-    context.set_default_timeout(BROWSER_TIMEOUT_MS)
-    try:
-        yield await context.new_page()
-    finally:
-        await context.close()
 
 
 async def _blank(request: Request) -> HTMLResponse:

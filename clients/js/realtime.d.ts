@@ -1,0 +1,357 @@
+// Type declarations of realtime-mongo-client: realtime.js, the client of the realtime
+// WebSocket protocol v1. Written by hand; test/types/ checks them with `tsc --noEmit`.
+// They need no DOM library: a WebSocket is described by its shape (WebSocketLike).
+
+// ------------------------------------------------------------------ documents and events
+
+/**
+ * A document as the server sends it: its `_id` and, for documents written through
+ * the REST API, a server-managed `_version` (1 on insert, +1 on every write).
+ * Subscriptions and {@link applyEvent} take your own document type as `D`.
+ */
+export interface Document {
+  _id: unknown;
+  _version?: number;
+  [field: string]: unknown;
+}
+
+/** An event id: the change stream's resume token (opaque, ordered, valid across restarts). */
+export type EventId = string;
+
+/** The operation of a `change` event. `leave`: an update or replace moved the document out of the filter. */
+export type ChangeOp = "insert" | "update" | "replace" | "delete" | "leave";
+
+/**
+ * Why a subscription is reloaded: the server's `resync` reasons, or `no_position`
+ * (the client reconnected before it learnt any position to resume from).
+ */
+export type ResetReason = "history_lost" | "invalidated" | "overflow" | "no_position";
+
+/** The server accepted the (re)subscription. */
+export interface SubscribedEvent {
+  type: "subscribed";
+  /** The event id the subscription is live from (null on a server without history). */
+  head: EventId | null;
+  /** True when it was sent with `since` (resuming); false for a fresh subscription. */
+  resumed: boolean;
+}
+
+/** The matching documents (sorted by `_id`, at most `limit`): replace your state with them. */
+export interface SnapshotEvent<D = Document> {
+  type: "snapshot";
+  documents: D[];
+  head: EventId | null;
+  /** True when it follows a `reset` (the server could not resume). */
+  reload: boolean;
+}
+
+/** One change of a document inside (or leaving) the subscription's filter. */
+export interface ChangeEvent<D = Document> {
+  type: "change";
+  op: ChangeOp;
+  /** The event id; the client resumes after the last one it delivered. */
+  id: EventId;
+  collection: string;
+  /** The document's `_id`. */
+  key: unknown;
+  /** The document after the change; absent for `delete` and `leave`. */
+  document?: D;
+  /** For an `update`: the fields it set. */
+  updated?: Record<string, unknown>;
+  /** For an `update`: the fields it removed. */
+  removed?: string[];
+  /** When the change was committed (RFC 3339, UTC, milliseconds). */
+  ts: string;
+}
+
+/** The server could not resume the subscription; a `snapshot` with `reload: true` follows. */
+export interface ResetEvent {
+  type: "reset";
+  reason: ResetReason;
+}
+
+/** The server refused the subscription (e.g. `bad_filter`, `forbidden`); it has ended. */
+export interface SubscriptionErrorEvent {
+  type: "error";
+  /** The protocol's error code, e.g. `bad_filter`, `bad_collection`, `forbidden`, `too_many_subs`. */
+  code: string;
+  message: string;
+}
+
+/** What a subscriber's callback receives; switch on `type`. */
+export type SubscriptionEvent<D = Document> =
+  | SubscribedEvent
+  | SnapshotEvent<D>
+  | ChangeEvent<D>
+  | ResetEvent
+  | SubscriptionErrorEvent;
+
+/** What {@link applyEvent} did to the map. */
+export type ApplyResult = "reset" | "insert" | "update" | "remove" | null;
+
+// ------------------------------------------------------------------ wire messages
+
+/** The first message of every connection. */
+export interface WelcomeMessage {
+  type: "welcome";
+  protocol: number;
+  /** `realtime/<version>`. */
+  server: string;
+  /** Seconds between heartbeats; a peer silent for two intervals is closed. */
+  heartbeat: number;
+}
+
+/** The server's change feed: `live`, or the database unavailable (`retrying`, `down`). */
+export type FeedStatus = "live" | "retrying" | "down";
+
+/** `status`: the server's change feed changed state (or is not live at connect). */
+export interface StatusMessage {
+  type: "status";
+  feed: FeedStatus;
+}
+
+/** A server message, as the `message` event passes it (before the client handles it). */
+export type ServerMessage =
+  | WelcomeMessage
+  | StatusMessage
+  | { type: "subscribed"; sub: string; head: EventId | null }
+  | { type: "snapshot"; sub: string; documents: Document[]; head: EventId | null }
+  | ({ sub: string } & Omit<ChangeEvent, "type"> & { type: "change" })
+  | { type: "resync"; sub: string; reason: "history_lost" | "invalidated" | "overflow" }
+  | { type: "error"; sub?: string; code: string; message: string }
+  | { type: "pong"; ref?: string | number }
+  | { type: "authenticated" };
+
+/** A client message, as the `send` event passes it (an `auth` token is `"[redacted]"`). */
+export type ClientMessage =
+  | {
+      op: "subscribe";
+      sub: string;
+      collection: string;
+      filter?: Record<string, unknown>;
+      snapshot?: boolean;
+      limit?: number;
+      since?: EventId;
+    }
+  | { op: "unsubscribe"; sub: string }
+  | { op: "ping"; ref: string }
+  | { op: "auth"; token: string };
+
+// ------------------------------------------------------------------ options
+
+/** Options of {@link RealtimeClient.subscribe}. */
+export interface SubscribeOptions {
+  /** A filter in the service's filter language (MongoDB syntax), e.g. `{ status: "open" }`. */
+  filter?: Record<string, unknown> | null;
+  /** Start with the matching documents (a `snapshot` event). */
+  snapshot?: boolean;
+  /** Most documents in a snapshot (server default 100, at most `REALTIME_SNAPSHOT_MAX`). */
+  limit?: number | null;
+  /** Resume after this event id instead of starting now. */
+  since?: EventId | null;
+}
+
+/**
+ * The credentials: an API key or JWT, or a function (sync or async) that returns
+ * one, called before every connect and reconnect (and once more after a 4401).
+ * `null` or `""` connects without credentials.
+ */
+export type TokenOption =
+  | string
+  | (() => string | null | undefined | PromiseLike<string | null | undefined>);
+
+/**
+ * What the client needs of a WebSocket. The browser's `WebSocket`, Node.js 22's
+ * global one and the `ws` package's `WebSocket` all fit.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor (`new WebSocket(url)`). */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Options of {@link connect} and the {@link RealtimeClient} constructor. */
+export interface ConnectOptions {
+  /**
+   * API key or JWT, sent as the first message (`{"op":"auth"}`, never in the URL).
+   * After a close with 4401 a function is called once more: a different token
+   * reconnects at once (resuming every subscription); the same one, `null`, or a
+   * second 4401 before `welcome` leaves the client `closed`. A string token, and
+   * the close codes 1008 and 4403, always end in `closed`.
+   */
+  token?: TokenOption | null;
+  /** Reconnect delay in ms for a 0-based attempt (default {@link backoffDelay}). */
+  delay?: (attempt: number) => number;
+  /** Connect at once (default true); otherwise call {@link RealtimeClient.open}. */
+  autoConnect?: boolean;
+  /**
+   * The WebSocket constructor (default `globalThis.WebSocket`). Required where
+   * there is none, e.g. on Node.js before 22: `import { WebSocket } from "ws"`.
+   */
+  WebSocket?: WebSocketConstructor;
+}
+
+// ------------------------------------------------------------------ client events
+
+/** The connection states; `idle` only before the first {@link RealtimeClient.open}. */
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Detail of `connecting`. */
+export interface ConnectingDetail {
+  attempt: number;
+}
+
+/** Detail of `open`. */
+export interface OpenDetail {
+  welcome: WelcomeMessage;
+}
+
+/**
+ * Detail of `reconnecting`: when the connection was lost, its close `code` and
+ * `reason` and the `delay` (ms) before the next attempt; when that attempt
+ * starts, `attempt` only.
+ */
+export interface ReconnectingDetail {
+  attempt: number;
+  code?: number;
+  reason?: string;
+  delay?: number;
+}
+
+/** Detail of `closed`: 1000 after `close()`; 1008, 4401 or 4403 when the server refused. */
+export interface ClosedDetail {
+  code: number;
+  reason: string;
+}
+
+/** The detail of each state. */
+export interface StateDetails {
+  connecting: ConnectingDetail;
+  open: OpenDetail;
+  reconnecting: ReconnectingDetail;
+  closed: ClosedDetail;
+}
+
+/** Listener signatures of {@link RealtimeClient.on}, by event name. */
+export interface ClientEventMap {
+  /** Every state change, with the state's detail. */
+  state: (
+    ...args: { [S in keyof StateDetails]: [state: S, detail: StateDetails[S]] }[keyof StateDetails]
+  ) => void;
+  connecting: (detail: ConnectingDetail) => void;
+  open: (detail: OpenDetail) => void;
+  reconnecting: (detail: ReconnectingDetail) => void;
+  closed: (detail: ClosedDetail) => void;
+  /** Every server message. */
+  message: (message: ServerMessage) => void;
+  /** Every client message (an `auth` token redacted). */
+  send: (message: ClientMessage) => void;
+  /** A connection-level error: invalid JSON, a token function that threw, a WebSocket that could not be created, a server `error` without `sub`. */
+  error: (error: unknown) => void;
+  /** The server reported its change feed's state (see {@link RealtimeClient.feed}). */
+  status: (feed: FeedStatus | null, message: StatusMessage) => void;
+}
+
+/** The resume position of one subscription. */
+export interface Position {
+  collection: string;
+  since: EventId | null;
+}
+
+// ------------------------------------------------------------------ the module
+
+/** Smallest backoff ceiling in ms (the first retry waits 0..500 ms). */
+export declare const BACKOFF_MIN_MS: 500;
+/** Largest backoff ceiling in ms. */
+export declare const BACKOFF_MAX_MS: 20000;
+/** The protocol version this client speaks. */
+export declare const PROTOCOL: 1;
+
+/**
+ * The delay before reconnect attempt `attempt` (0-based): exponential backoff with
+ * full jitter, uniform in `[0, min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt))`.
+ * @param random a source of numbers in [0, 1) (default `Math.random`)
+ * @returns milliseconds
+ */
+export declare function backoffDelay(attempt: number, random?: () => number): number;
+
+/**
+ * The WebSocket URL of a server: `ws(s)://host/ws` from an `http(s)://` URL (a path
+ * of `/` gets `/ws`), a path resolved against the page (outside a browser against
+ * `http://127.0.0.1:8000/`), or a `ws(s)://` URL as is.
+ */
+export declare function wsUrl(url?: string): string;
+
+/** The map key of a document `_id` as {@link applyEvent} uses it (its JSON text: `1` and `"1"` differ). */
+export declare function keyOf(key: unknown): string;
+
+/**
+ * Apply one subscription event to a map of documents keyed by {@link keyOf}(`_id`):
+ * a snapshot replaces everything; `insert`/`update`/`replace` of an unknown key
+ * inserts; `leave`/`delete` of an unknown key does nothing; a change whose
+ * `document._version` is not newer than the held one is ignored. Other events
+ * change nothing (`null`).
+ */
+export declare function applyEvent<D = Document>(
+  docs: Map<string, D>,
+  ev: SubscriptionEvent<D>,
+): ApplyResult;
+
+/** Create a {@link RealtimeClient} and, unless `autoConnect` is false, open it. */
+export declare function connect(url?: string, options?: ConnectOptions): RealtimeClient;
+
+/** A connection to a realtime server that survives disconnects. */
+export declare class RealtimeClient {
+  /**
+   * @param url `ws(s)://host/ws`, `http(s)://host`, or a path like `/ws` (default: the page's server)
+   * @throws TypeError when there is no WebSocket (none given, no global one)
+   */
+  constructor(url?: string, options?: ConnectOptions);
+  /** The WebSocket URL. */
+  readonly url: string;
+  /** The credentials option; may be replaced before a reconnect. */
+  token: TokenOption | null;
+  /** The current state. */
+  readonly state: ConnectionState;
+  /** The server's `welcome` on the current connection, or null. */
+  readonly welcome: WelcomeMessage | null;
+  /** Failed attempts since the last successful open. */
+  readonly attempt: number;
+  /** The current WebSocket (diagnostics; do not send on it). */
+  readonly socket: WebSocketLike | null;
+  /**
+   * The server's change feed as last reported on this connection (a `status`
+   * message): `live`, or `retrying`/`down` while the database is unavailable;
+   * null when not reported (yet) on this connection.
+   */
+  readonly feed: FeedStatus | null;
+
+  /** Listen to a client event; returns a function that removes the listener. */
+  on<K extends keyof ClientEventMap>(type: K, listener: ClientEventMap[K]): () => void;
+
+  /**
+   * Subscribe to a live query. It survives reconnects: resumed with `since` (the
+   * last event id delivered, or the last `head`), reloaded with a snapshot after a
+   * `reset` when the server cannot resume. Returns a function that unsubscribes.
+   */
+  subscribe<D = Document>(
+    collection: string,
+    options: SubscribeOptions | null | undefined,
+    onEvent: (ev: SubscriptionEvent<D>) => void,
+  ): () => void;
+
+  /** The resume positions of the active subscriptions (diagnostics). */
+  positions(): Position[];
+
+  /** Start connecting (done by {@link connect} unless `autoConnect` is false); no-op unless idle or closed. */
+  open(): void;
+
+  /** Skip the current backoff wait and reconnect now (no-op unless reconnecting). */
+  reconnectNow(): void;
+
+  /** Close for good: no reconnect; subscriptions stay registered but idle until `open()`. */
+  close(): void;
+}

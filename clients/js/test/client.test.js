@@ -1,0 +1,377 @@
+// The package against a real realtime server (`node --test test/`, `npm test`).
+//
+// Environment:
+//   REALTIME_URL         a running server, e.g. http://127.0.0.1:8000 (without it the
+//                        server tests skip)
+//   REALTIME_TEST_SERVE  a JSON array: the command that starts another server (its
+//                        REALTIME_PORT is set here), for the kill -9 test; the server
+//                        must share REALTIME_URL's database (REALTIME_MONGODB_URI and
+//                        REALTIME_DATABASE in the environment). Without it that test skips.
+//   REALTIME_TEST_STRICT=1  fail instead of skipping (tests/test_js_client.py sets it).
+//
+// Node.js 20 has no global WebSocket: every client here is given the `ws` package's.
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { WebSocket } from "ws";
+
+import * as realtime from "realtime-mongo-client";
+
+const { applyEvent, connect, keyOf, RealtimeClient } = realtime;
+
+const BASE = process.env.REALTIME_URL?.replace(/\/+$/, "");
+const SERVE = process.env.REALTIME_TEST_SERVE;
+const STRICT = process.env.REALTIME_TEST_STRICT === "1";
+const TIMEOUT_MS = 15_000;
+const NEVER = () => 3_600_000; // reconnect only when the test says so (reconnectNow)
+
+/** `false` (run), or why the test cannot run: a failure under REALTIME_TEST_STRICT=1. */
+function needs(value, reason) {
+  if (value) return false;
+  if (STRICT) throw new Error(`REALTIME_TEST_STRICT=1 but ${reason}`);
+  return reason;
+}
+const NO_SERVER = needs(BASE, "REALTIME_URL is not set (the URL of a running realtime server)");
+const NO_SERVE = needs(BASE && SERVE, "REALTIME_URL and REALTIME_TEST_SERVE are not both set");
+
+const clients = [];
+const processes = [];
+after(() => {
+  for (const client of clients) client.close();
+  for (const child of processes) if (child.exitCode === null) child.kill("SIGKILL");
+});
+
+/** A client on the `ws` package's WebSocket, closed after the tests. */
+function open(url, options = {}) {
+  const client = connect(url, { WebSocket, ...options });
+  clients.push(client);
+  return client;
+}
+
+/** A fresh collection name. */
+function collection(prefix) {
+  return `${prefix}_${Math.random().toString(36).slice(2, 10)}`;
+}
+
+/** One REST call; the parsed body (null for 204). */
+async function rest(base, method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["content-type"] = method === "PATCH" ? "application/merge-patch+json"
+      : "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(`${base}/api/collections/${path}`, init);
+  const text = await r.text();
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+const post = (base, coll, doc) => rest(base, "POST", `${coll}/documents`, doc);
+const patch = (base, coll, id, doc) => rest(base, "PATCH", `${coll}/documents/${id}`, doc);
+const del = (base, coll, id) => rest(base, "DELETE", `${coll}/documents/${id}`);
+
+/** Events in arrival order, consumed by `until`. */
+class Inbox {
+  constructor() {
+    this.items = [];
+    this.pos = 0;
+    this.wake = null;
+  }
+
+  push = (item) => {
+    this.items.push(item);
+    this.wake?.();
+  };
+
+  /** The items up to and including the first (from the last position) matching `pred`. */
+  async until(pred, what, ms = TIMEOUT_MS) {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const i = this.items.findIndex((item, index) => index >= this.pos && pred(item));
+      if (i >= 0) {
+        const taken = this.items.slice(this.pos, i + 1);
+        this.pos = i + 1;
+        return taken;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`${what} not received in ${ms} ms; got ${JSON.stringify(
+          this.items.slice(this.pos))}`);
+      }
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => { clearTimeout(timer); resolve(); };
+      });
+      this.wake = null;
+    }
+  }
+}
+
+/** The states a client goes through, as `{state, ...detail}`. */
+function stateLog(client) {
+  const inbox = new Inbox();
+  client.on("state", (state, detail) => inbox.push({ state, ...detail }));
+  return inbox;
+}
+
+const isChange = (key) => (ev) => ev.type === "change" && ev.key === key;
+/** `op key` of each change, for readable assertions. */
+const summary = (events) => events.filter((ev) => ev.type === "change")
+  .map((ev) => `${ev.op} ${ev.key}`);
+
+/** A free TCP port on the loopback interface. */
+async function freePort() {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Start the REALTIME_TEST_SERVE server on `port`; resolves when /readyz answers 200. */
+async function startServer(port) {
+  const [command, ...args] = JSON.parse(SERVE);
+  const child = spawn(command, args, {
+    env: { ...process.env, REALTIME_PORT: String(port) },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  processes.push(child);
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    try {
+      if ((await fetch(`${url}/readyz`)).status === 200) return { child, url };
+    } catch { /* not listening yet */ }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  child.kill("SIGKILL");
+  throw new Error(`server on port ${port} not ready in 60 s`);
+}
+
+async function killHard(child) {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
+}
+
+// ------------------------------------------------------------------ without a server
+
+test("every export of realtime.js is declared in realtime.d.ts, and only those", () => {
+  const dts = readFileSync(new URL("../realtime.d.ts", import.meta.url), "utf8");
+  const declared = [...dts.matchAll(/^export declare (?:const|function|class) (\w+)/gm)]
+    .map((m) => m[1]).sort();
+  assert.deepEqual(Object.keys(realtime).sort(), declared);
+  const body = dts.slice(dts.indexOf("export declare class RealtimeClient"));
+  const methods = [...body.matchAll(/^ {2}(\w+)(?:<[^>]*>)?\(/gm)].map((m) => m[1])
+    .filter((name) => name !== "constructor").sort();
+  const publicMethods = Object.getOwnPropertyNames(RealtimeClient.prototype)
+    .filter((name) => name !== "constructor" && !name.startsWith("_")).sort();
+  assert.deepEqual(methods, publicMethods);
+  const fields = [...body.matchAll(/^ {2}(?:readonly )?(\w+): /gm)].map((m) => m[1]).sort();
+  const client = new RealtimeClient("ws://127.0.0.1:9/ws", { WebSocket });
+  const publicFields = Object.keys(client).filter((name) => !name.startsWith("_")).sort();
+  assert.deepEqual(fields, publicFields);
+});
+
+test("the pure functions", () => {
+  assert.equal(realtime.wsUrl("http://h:1"), "ws://h:1/ws");
+  assert.equal(realtime.wsUrl("https://h/"), "wss://h/ws");
+  assert.equal(realtime.wsUrl("ws://h/x"), "ws://h/x");
+  assert.equal(realtime.wsUrl(), "ws://127.0.0.1:8000/ws"); // no page: the default server
+  assert.equal(realtime.backoffDelay(0, () => 0.5), 250);
+  assert.equal(realtime.backoffDelay(40, () => 0.5), realtime.BACKOFF_MAX_MS / 2);
+  assert.equal(keyOf(1) === keyOf("1"), false);
+  const docs = new Map();
+  assert.equal(applyEvent(docs, { type: "snapshot", documents: [{ _id: "a", _version: 2 }] }),
+    "reset");
+  assert.equal(applyEvent(docs, { type: "change", op: "update", key: "a",
+    document: { _id: "a", _version: 1 } }), null, "an older version is ignored");
+  assert.equal(applyEvent(docs, { type: "change", op: "leave", key: "zz" }), null);
+  assert.equal(applyEvent(docs, { type: "change", op: "delete", key: "a" }), "remove");
+});
+
+test("without a WebSocket the constructor says what to pass", () => {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
+  delete globalThis.WebSocket;
+  try {
+    assert.throws(() => connect("http://127.0.0.1:9"), {
+      name: "TypeError", message: /pass one as the `WebSocket` option/,
+    });
+  } finally {
+    if (saved) Object.defineProperty(globalThis, "WebSocket", saved);
+  }
+});
+
+// ------------------------------------------------------------------ against the server
+
+test("the server serves this package's realtime.js, importable from any origin",
+  { skip: NO_SERVER }, async () => {
+    const r = await fetch(`${BASE}/static/realtime.js`, { headers: { origin: "https://elsewhere.example" } });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get("content-type"), /^(text|application)\/javascript/);
+    assert.equal(r.headers.get("cross-origin-resource-policy"), "cross-origin");
+    assert.equal(r.headers.get("access-control-allow-origin"), "*");
+    const served = Buffer.from(await r.arrayBuffer());
+    const packaged = readFileSync(new URL("../realtime.js", import.meta.url));
+    assert.ok(served.equals(packaged),
+      "clients/js/realtime.js differs from the server's: run `npm run sync`");
+    const other = await fetch(`${BASE}/static/app.js`);
+    assert.equal(other.headers.get("cross-origin-resource-policy"), "same-origin");
+    assert.equal(other.headers.get("access-control-allow-origin"), null);
+  });
+
+test("a snapshot, then insert, update, leave and delete as they happen",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_live");
+    await post(BASE, coll, { _id: "a1", status: "open", total: 1 });
+    await post(BASE, coll, { _id: "a2", status: "closed", total: 2 });
+
+    const client = open(BASE);
+    const states = stateLog(client);
+    const inbox = new Inbox();
+    const docs = new Map();
+    const stop = client.subscribe(coll, { filter: { status: "open" }, snapshot: true }, (ev) => {
+      applyEvent(docs, ev);
+      inbox.push(ev);
+    });
+    await states.until((s) => s.state === "open", "open");
+    assert.equal(client.welcome.protocol, realtime.PROTOCOL);
+    const first = await inbox.until((ev) => ev.type === "snapshot", "snapshot");
+    assert.deepEqual(first.map((ev) => ev.type), ["subscribed", "snapshot"]);
+    assert.equal(first[0].resumed, false);
+    assert.deepEqual(first[1].documents.map((d) => d._id), ["a1"]);
+    assert.equal(first[1].reload, false);
+
+    await post(BASE, coll, { _id: "a3", status: "open", total: 3 });
+    await patch(BASE, coll, "a1", { total: 5 });
+    await patch(BASE, coll, "a3", { status: "paid" }); // leaves the filter
+    await patch(BASE, coll, "a2", { status: "open" }); // enters it
+    await del(BASE, coll, "a1");
+    await post(BASE, coll, { _id: "marker", status: "open" });
+    const events = await inbox.until(isChange("marker"), "the marker");
+    assert.deepEqual(summary(events),
+      ["insert a3", "update a1", "leave a3", "update a2", "delete a1", "insert marker"]);
+    assert.ok(events.every((ev) => ev.type === "change" && ev.collection === coll));
+    const [insert, update, leave, enter, deletion] = events;
+    assert.deepEqual(insert.document, { _id: "a3", status: "open", total: 3, _version: 1 });
+    assert.equal(update.document.total, 5);
+    assert.equal(update.updated.total, 5);
+    assert.equal(leave.document, undefined);
+    assert.equal(enter.document.total, 2);
+    assert.equal(deletion.document, undefined);
+    assert.ok(events.every((ev) => typeof ev.id === "string" && typeof ev.ts === "string"));
+    assert.equal(new Set(events.map((ev) => ev.id)).size, events.length);
+
+    // The live view is the database's answer to the same query.
+    const listed = await rest(BASE, "GET",
+      `${coll}/documents?filter=${encodeURIComponent('{"status":"open"}')}`);
+    assert.deepEqual(Object.fromEntries(docs),
+      Object.fromEntries(listed.documents.map((d) => [keyOf(d._id), d])));
+    assert.deepEqual(client.positions(), [{ collection: coll, since: events.at(-1).id }]);
+
+    // A refused subscription ends with an error event.
+    const refused = new Inbox();
+    client.subscribe(coll, { filter: { $where: "1" } }, refused.push);
+    const [error] = await refused.until((ev) => ev.type === "error", "error");
+    assert.equal(error.code, "bad_filter");
+    stop();
+    client.close();
+    const closed = await states.until((s) => s.state === "closed", "closed");
+    assert.equal(closed.at(-1).code, 1000);
+  });
+
+test("the server closes the socket: the client resumes with since, every missed change once",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_resume");
+    await post(BASE, coll, { _id: "b1", n: 1 });
+    const client = open(BASE, { delay: NEVER });
+    const states = stateLog(client);
+    const sent = [];
+    client.on("send", (msg) => sent.push(msg));
+    const inbox = new Inbox();
+    client.subscribe(coll, { snapshot: true }, inbox.push);
+    await inbox.until((ev) => ev.type === "snapshot", "snapshot");
+    await post(BASE, coll, { _id: "b2", n: 2 });
+    const [seen] = await inbox.until(isChange("b2"), "insert b2");
+
+    // A frame over the server's 64 KiB limit: it closes the connection (1009).
+    client.socket.send("x".repeat(70 * 1024));
+    const lost = await states.until((s) => s.state === "reconnecting", "reconnecting");
+    assert.equal(lost.at(-1).code, 1009);
+
+    // Written while the client is away.
+    await post(BASE, coll, { _id: "b3", n: 3 });
+    await patch(BASE, coll, "b1", { n: 10 });
+    await del(BASE, coll, "b2");
+    sent.length = 0;
+    client.reconnectNow();
+    await states.until((s) => s.state === "open", "open again");
+    await post(BASE, coll, { _id: "marker" });
+    const events = await inbox.until(isChange("marker"), "the marker");
+    assert.equal(events[0].type, "subscribed");
+    assert.equal(events[0].resumed, true);
+    assert.deepEqual(summary(events), ["insert b3", "update b1", "delete b2", "insert marker"]);
+    assert.equal(events.length, 5, "nothing but the missed changes, once");
+    const resubscribe = sent.find((msg) => msg.op === "subscribe");
+    assert.equal(resubscribe.since, seen.id);
+    assert.equal(resubscribe.snapshot, undefined);
+    client.close();
+  });
+
+test("kill -9 of the server, writes elsewhere, restart: every missed change once",
+  { skip: NO_SERVE, timeout: 120_000 }, async () => {
+    const port = await freePort();
+    let server = await startServer(port);
+    const coll = collection("js_restart");
+    const client = open(server.url, { delay: NEVER });
+    const states = stateLog(client);
+    const inbox = new Inbox();
+    const docs = new Map();
+    client.subscribe(coll, { snapshot: true }, (ev) => {
+      applyEvent(docs, ev);
+      inbox.push(ev);
+    });
+    await inbox.until((ev) => ev.type === "snapshot", "snapshot");
+    await post(server.url, coll, { _id: "c1", n: 1 });
+    await inbox.until(isChange("c1"), "insert c1");
+
+    await killHard(server.child);
+    await states.until((s) => s.state === "reconnecting", "reconnecting");
+    // While it is down, another server of the same database takes the writes.
+    await post(BASE, coll, { _id: "c2", n: 2 });
+    await patch(BASE, coll, "c1", { n: 11 });
+    await post(BASE, coll, { _id: "c3", n: 3 });
+    await del(BASE, coll, "c2");
+
+    server = await startServer(port);
+    client.reconnectNow();
+    await states.until((s) => s.state === "open", "open again", 30_000);
+    await post(server.url, coll, { _id: "marker" });
+    const events = await inbox.until(isChange("marker"), "the marker", 30_000);
+    assert.equal(events[0].type, "subscribed");
+    assert.equal(events[0].resumed, true, "resumed from its last event id, not reloaded");
+    assert.deepEqual(summary(events),
+      ["insert c2", "update c1", "insert c3", "delete c2", "insert marker"]);
+    assert.equal(events.length, 6);
+    const listed = await rest(server.url, "GET", `${coll}/documents`);
+    assert.deepEqual(Object.fromEntries(docs),
+      Object.fromEntries(listed.documents.map((d) => [keyOf(d._id), d])));
+    client.close();
+    await killHard(server.child);
+  });
+
+test("Node.js's own WebSocket (22+), without the option",
+  { skip: typeof globalThis.WebSocket === "undefined" ? "no global WebSocket (Node.js < 22)"
+    : NO_SERVER, timeout: 30_000 }, async () => {
+    const client = connect(BASE);
+    clients.push(client);
+    const inbox = new Inbox();
+    client.subscribe(collection("js_native"), { snapshot: true }, inbox.push);
+    const [, snapshot] = await inbox.until((ev) => ev.type === "snapshot", "snapshot");
+    assert.deepEqual(snapshot.documents, []);
+    client.close();
+  });
