@@ -35,8 +35,12 @@ types: $(VENV)/.dev-installed
 # on sockets and subprocesses, so two cores run them in about two thirds the time.
 XDIST := -n 2 --dist loadfile
 
+# Tests marked `timing` assert wall-clock bounds the dashboard must meet (a burst
+# shown within 2 s, no frame over 50 ms): they run alone, after the parallel pass,
+# so the other worker's load does not stand in their measurements.
 pytest: $(VENV)/.dev-installed $(JS)/node_modules/.installed $(AXE)
-	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) -m "not timing" $(PYTEST_ARGS)
+	$(BIN)/pytest -m timing $(PYTEST_ARGS)
 
 # axe-core for the dashboard's accessibility scan (tests/e2e/test_dashboard.py).
 $(AXE): tests/e2e/node/package.json tests/e2e/node/package-lock.json

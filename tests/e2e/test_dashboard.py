@@ -338,6 +338,7 @@ async def test_dashboard_follows_rest_writes(page: Page, live: LiveServer,
     assert p.url.endswith("#collection=fresh")
 
 
+@pytest.mark.timing
 async def test_dashboard_burst_of_5000_inserts(page: Page, live: LiveServer,
                                                http: httpx.AsyncClient) -> None:
     """5,000 inserts in one burst (5 bulk requests of 1,000, back to back): every one
@@ -377,6 +378,7 @@ LARGE = [pytest.param(20_000, id="20k"),
          pytest.param(100_000, id="100k", marks=[pytest.mark.slow, pytest.mark.timeout(1200)])]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("n", LARGE)
 async def test_dashboard_large_collection(page: Page, live: LiveServer,
                                           http: httpx.AsyncClient, n: int) -> None:
