@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,14 @@ from typing import Any
 import httpx
 import jwt
 import orjson
+from bson import Timestamp
 from pymongo import AsyncMongoClient
-from websockets.asyncio.client import ClientConnection, connect
-
 from realtime.app import create_app
 from realtime.config import Settings
 from realtime.embedded import free_port
+from realtime.events import Event, normalise
 from realtime.server import RealtimeServer, make_server, wait_started
+from websockets.asyncio.client import ClientConnection, connect
 
 #: How long a browser test waits for a page condition (Playwright, milliseconds).
 BROWSER_TIMEOUT_MS = 10_000
@@ -474,3 +475,29 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str = "cond
     async def check() -> bool:
         return predicate()
     await wait_until(check, timeout, what)
+
+
+def change_event(t: int, op: str, key: str = "a", doc: Mapping[str, Any] | None = None,
+                 before: Mapping[str, Any] | None = None,
+                 changed: Iterable[str] | None = None, coll: str = "c") -> Event:
+    """A normalised change event committed at cluster time ``(100, t)``, for sans-I/O tests.
+
+    An update's description sets ``changed`` (every field of ``doc`` unless given)
+    and removes what ``before`` has and ``doc`` has not.
+    """
+    raw: dict[str, Any] = {"_id": {"_data": f"{t:032x}"}, "operationType": op,
+                           "ns": {"db": "b", "coll": coll}, "documentKey": {"_id": key},
+                           "clusterTime": Timestamp(100, t)}
+    if doc is not None:
+        raw["fullDocument"] = {"_id": key, **doc}
+    if before is not None:
+        raw["fullDocumentBeforeChange"] = {"_id": key, **before}
+    if op == "update":
+        fields = list(doc or {}) if changed is None else list(changed)
+        raw["updateDescription"] = {
+            "updatedFields": {f: (doc or {}).get(f) for f in fields},
+            "removedFields": [f for f in before or {} if f not in (doc or {})],
+        }
+    ev = normalise(raw)
+    assert ev is not None
+    return ev

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bson import Timestamp
 
-from realtime.events import Event, normalise
+from realtime.events import Event
 from realtime.hub import Hub
 from realtime.subscription import Phase, Subscription
+from tests.helpers import change_event as change
 
 pytestmark = pytest.mark.driver_blind
 
@@ -33,25 +33,6 @@ class Recorder(Subscription):
 
     def send(self, op: str, ev: Event) -> None:
         self.sent.append((op, ev.key, (ev.document or {}).get("_version")))
-
-
-def change(t: int, op: str, key: str, doc: Doc | None = None, before: Doc | None = None,
-           coll: str = "c") -> Event:
-    raw: Doc = {"_id": {"_data": f"{t:032x}"}, "operationType": op,
-                "ns": {"db": "b", "coll": coll}, "documentKey": {"_id": key},
-                "clusterTime": Timestamp(100, t)}
-    if doc is not None:
-        raw["fullDocument"] = {"_id": key, **doc}
-    if before is not None:
-        raw["fullDocumentBeforeChange"] = {"_id": key, **before}
-    if op == "update":
-        assert doc is not None
-        assert before is not None
-        raw["updateDescription"] = {"updatedFields": doc,
-                                    "removedFields": [f for f in before if f not in doc]}
-    ev = normalise(raw)
-    assert ev is not None
-    return ev
 
 
 class Silent:

@@ -7,17 +7,17 @@ records what it is sent) and :func:`in_phase`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
-from bson import Timestamp
 
 from realtime import protocol
 from realtime.auth import Tenant
-from realtime.events import Event, normalise
+from realtime.events import Event
 from realtime.subscription import Phase, PhaseError, Subscription
+from tests.helpers import change_event as change
 
 pytestmark = pytest.mark.driver_blind
 
@@ -45,31 +45,6 @@ class Outlet:
 
     def close(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
-
-
-def change(t: int, op: str, key: str = "a", doc: Doc | None = None, before: Doc | None = None,
-           changed: Iterable[str] | None = None) -> Event:
-    """The event committed at cluster time ``(100, t)``.
-
-    An update's description sets ``changed`` (every field of ``doc`` unless given)
-    and removes what ``before`` has and ``doc`` has not.
-    """
-    raw: Doc = {"_id": {"_data": f"{t:032x}"}, "operationType": op,
-                "ns": {"db": "b", "coll": "c"}, "documentKey": {"_id": key},
-                "clusterTime": Timestamp(100, t)}
-    if doc is not None:
-        raw["fullDocument"] = {"_id": key, **doc}
-    if before is not None:
-        raw["fullDocumentBeforeChange"] = {"_id": key, **before}
-    if op == "update":
-        fields = list(doc or {}) if changed is None else list(changed)
-        raw["updateDescription"] = {
-            "updatedFields": {f: (doc or {}).get(f) for f in fields},
-            "removedFields": [f for f in before or {} if f not in (doc or {})],
-        }
-    ev = normalise(raw)
-    assert ev is not None
-    return ev
 
 
 def subscription(filter: Doc | None = None, *, tenant: str | None = None,
