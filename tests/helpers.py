@@ -34,12 +34,13 @@ import jwt
 import orjson
 from bson import Timestamp
 from pymongo import AsyncMongoClient
+from websockets.asyncio.client import ClientConnection, connect
+
 from realtime.app import create_app
 from realtime.config import Settings
 from realtime.embedded import free_port
 from realtime.events import Event, normalise
 from realtime.server import RealtimeServer, make_server, wait_started
-from websockets.asyncio.client import ClientConnection, connect
 
 #: How long a browser test waits for a page condition (Playwright, milliseconds).
 BROWSER_TIMEOUT_MS = 10_000
