@@ -89,8 +89,10 @@ def _install_security(app: FastAPI, settings: Settings, limits: Limits) -> None:
             CORSMiddleware,
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
-            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key",
+                           "X-Request-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "Idempotent-Replayed",
+                            "X-Request-ID"],
         )
     app.add_middleware(SecurityHeadersMiddleware, settings=settings, limits=limits)
 

@@ -13,6 +13,7 @@ import enum
 import signal
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -387,29 +388,49 @@ class _Api:
     def __exit__(self, *exc_info: object) -> None:
         self.http.close()
 
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request; return the response if its status is below 400."""
+    def call(self, method: str, path: str, *, attempts: int = 1,
+             **kwargs: Any) -> httpx.Response:
+        """Send the request; return the response if its status is below 400.
+
+        With ``attempts`` > 1 a 503 or a network error is retried after a
+        backoff (0.25 s, doubling, at most 4 s; ``Retry-After`` if longer is
+        not waited for beyond that) — only for requests that are safe to
+        repeat, such as writes with an ``Idempotency-Key``.
+        """
+        import time
+
         import httpx
 
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.InvalidURL as exc:
-            _fail(f"bad --url {self.url!r}: {exc}", 2)
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {self.url}: {_reason(exc)}")
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.InvalidURL as exc:
+                _fail(f"bad --url {self.url!r}: {exc}", 2)
+            except httpx.HTTPError as exc:
+                if last:
+                    _fail(f"cannot reach {self.url}: {_reason(exc)}")
+            else:
+                if response.status_code != 503 or last:
+                    break
+            time.sleep(min(4.0, 0.25 * 2 ** attempt))
         if response.status_code >= 400:
             _fail(_problem(response))
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def json(self, method: str, path: str, *, attempts: int = 1, **kwargs: Any) -> Any:
         """:meth:`call`, then the JSON body (exit 1 if there is none)."""
-        response = self.call(method, path, **kwargs)
+        response = self.call(method, path, attempts=attempts, **kwargs)
         try:
             return response.json()
         except ValueError:
             kind = response.headers.get("Content-Type", "no content type")
             _fail(f"{self.url} answered {response.status_code} with {kind}, not JSON; "
                   "is it a realtime server?")
+
+
+#: Attempts of a `put`/`rm` write (each with the same Idempotency-Key).
+_WRITE_ATTEMPTS = 4
 
 
 def _docs_path(collection: str, id: str | None = None) -> str:
@@ -541,7 +562,9 @@ def put(
 ) -> None:
     """Write a document: `put C JSON` inserts, `put C ID JSON` replaces or creates.
 
-    Prints the stored document (with its `_id` and `_version`).
+    Prints the stored document (with its `_id` and `_version`). The write carries
+    an `Idempotency-Key`; a 503 or a network error is retried (4 attempts, with
+    backoff) and the server applies the write once.
     """
     if len(args) == 1:
         id, text = None, args[0]
@@ -550,7 +573,7 @@ def put(
     else:
         _fail("put takes COLLECTION [ID] JSON", 2)
     body = _parse_json(text, "the document")
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
     if if_match is not None:
         headers["If-Match"] = f'"{if_match}"'
     if id is None and (merge or if_match is not None):
@@ -558,12 +581,12 @@ def put(
     with _Api(url, token) as api:
         if id is None:
             stored = api.json("POST", _docs_path(collection), content=_dumps(body),
-                              headers=headers)
+                              headers=headers, attempts=_WRITE_ATTEMPTS)
         else:
             if merge:
                 headers["Content-Type"] = "application/merge-patch+json"
             stored = api.json("PATCH" if merge else "PUT", _docs_path(collection, id),
-                              content=_dumps(body), headers=headers)
+                              content=_dumps(body), headers=headers, attempts=_WRITE_ATTEMPTS)
     _echo_json(stored)
 
 
@@ -579,11 +602,15 @@ def rm(
 ) -> None:
     """Delete the document ID of COLLECTION; prints nothing when it is done.
 
-    A document that does not exist is an error (404, exit status 1).
+    A document that does not exist is an error (404, exit status 1). Like `put`,
+    the delete carries an `Idempotency-Key` and is retried on a 503 or a network error.
     """
-    headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    if if_match is not None:
+        headers["If-Match"] = f'"{if_match}"'
     with _Api(url, token) as api:
-        api.call("DELETE", _docs_path(collection, id), headers=headers)
+        api.call("DELETE", _docs_path(collection, id), headers=headers,
+                 attempts=_WRITE_ATTEMPTS)
 
 
 @app.command()

@@ -3,6 +3,13 @@
 ObjectId becomes its hex string, datetime ISO-8601 with milliseconds and ``Z``,
 Decimal128 a decimal string, bytes base64. Incoming JSON is checked to be a
 storable document: no field name starting with ``$``, containing ``.`` or NUL.
+
+The server-managed operation id ``_op`` (:data:`OP_FIELD`, see
+:mod:`realtime.store`) stays in the database: :func:`dumps` and
+:func:`dumps_str` leave a top-level ``_op`` out of a dict, so no REST
+response, change event (document or ``updated``) or snapshot shows it. The
+check costs one dict lookup per encoded value; only a document that has the
+field is copied.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from bson import Binary, Decimal128, ObjectId, Timestamp
 from realtime.errors import BadRequest, InvalidDocument
 
 __all__ = [
+    "OP_FIELD",
     "check_document",
     "dumps",
     "dumps_str",
@@ -28,6 +36,9 @@ __all__ = [
     "loads",
     "parse_id",
 ]
+
+#: The server-managed field with the id of the operation that wrote a document last.
+OP_FIELD = "_op"
 
 _HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME
@@ -61,15 +72,19 @@ def _default(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """Encode a BSON-decoded value as JSON bytes.
 
+    A top-level ``_op`` of a dict is left out (it is server-internal).
+
     Raises:
         TypeError: a value of a BSON type with no JSON form (e.g. a regex).
     """
+    if isinstance(value, dict) and OP_FIELD in value:
+        value = {k: v for k, v in value.items() if k != OP_FIELD}
     return orjson.dumps(value, default=_default, option=_OPTS)
 
 
 def dumps_str(value: Any) -> str:
     """Like :func:`dumps`, as ``str``."""
-    return orjson.dumps(value, default=_default, option=_OPTS).decode()
+    return dumps(value).decode()
 
 
 def loads(body: bytes | str) -> Any:
@@ -137,7 +152,7 @@ def check_document(value: Any) -> dict[str, Any]:
     """Return ``value`` as a document if it may be stored.
 
     The ``_id`` (if present) is converted with :func:`parse_id`; ``_version``
-    is server-managed and removed.
+    and ``_op`` are server-managed and removed.
 
     Raises:
         InvalidDocument: not a JSON object, or a field name is not storable.
@@ -147,6 +162,7 @@ def check_document(value: Any) -> dict[str, Any]:
     _check_value(value, "", 0)
     doc = dict(value)
     doc.pop("_version", None)
+    doc.pop(OP_FIELD, None)
     if "_id" in doc:
         if isinstance(doc["_id"], dict | list) or doc["_id"] is None:
             raise InvalidDocument("_id must be a string or a number")

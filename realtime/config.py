@@ -119,6 +119,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     retry_after_seconds: int = Field(default=2, ge=1)
+    idempotency_ttl_seconds: int = Field(
+        default=86_400, ge=60, le=30 * 86_400,
+        description="How long the first response to an `Idempotency-Key` is kept "
+                    "(docs/reliability.md#exactly-once-writes).")
+    idempotency_max_response_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="Responses larger than this are not kept for `Idempotency-Key` "
+                    "replays (the key then only guards the write itself).")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines as text or JSON objects (with request ids)."
     )

@@ -74,6 +74,7 @@ __all__ = [
     "Database",
     "describe",
     "is_transient",
+    "token_order",
     "token_time",
     "translate",
 ]
@@ -248,6 +249,24 @@ def token_time(data: str) -> tuple[int, int] | None:
     return None
 
 
+def token_order(data: str) -> tuple[int, int, int, str]:
+    """A key that sorts resume tokens (``_data``) in the order of the stream.
+
+    SecantusDB tokens (hex BSON) sort by cluster time, then oplog sequence;
+    any other token (MongoDB's KeyString, hex that sorts as the bytes do) by
+    its text. Keys of the two kinds are not comparable with each other.
+    """
+    try:
+        decoded = bson.decode(bytes.fromhex(data))
+    except (ValueError, bson.errors.BSONError):
+        return (0, 0, 0, data)
+    ts = decoded.get("t")
+    seq = decoded.get("s")
+    if isinstance(ts, Timestamp):
+        return (ts.time, ts.inc, seq if isinstance(seq, int) else 0, "")
+    return (0, 0, 0, data)
+
+
 class ChangeStream:
     """A change stream cursor; events are raw BSON-decoded dicts."""
 
@@ -413,6 +432,10 @@ class Collection:
         result = await _call(self._coll.delete_one(query), self._wait)
         return int(result.deleted_count)
 
+    async def create_index(self, keys: Sequence[tuple[str, int]], **options: Any) -> None:
+        """Create an index (no-op if it exists). Raises DatabaseUnavailable."""
+        await _call(self._coll.create_index(list(keys), **options), self._wait)
+
 
 class Database:
     """The process's one client and its database, created in the app's lifespan.
@@ -462,6 +485,16 @@ class Database:
         if isinstance(ts, Timestamp):
             return (ts.time, ts.inc)
         return None
+
+    async def oplog_entries(self) -> int:
+        """How many entries the oplog holds (an estimate from its metadata).
+
+        Raises:
+            RealtimeError: the database cannot be reached (DatabaseUnavailable) or
+                refused the read.
+        """
+        async with _translated(self._wait):
+            return int(await self._client.local["oplog.rs"].estimated_document_count())
 
     def collection(self, name: str) -> Collection:
         """A collection handle (no I/O)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["COLLECTION_PATTERN", "check_collection"]
+__all__ = ["COLLECTION_PATTERN", "IDEMPOTENCY_COLLECTION", "check_collection"]
+
+#: The service's own records of ``Idempotency-Key`` responses (never exposed: the
+#: name does not match :data:`COLLECTION_PATTERN`; the feed does not watch it).
+IDEMPOTENCY_COLLECTION = "_realtime_idempotency"
 
 COLLECTION_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 _COLLECTION_RE = re.compile(COLLECTION_PATTERN)

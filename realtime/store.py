@@ -6,6 +6,16 @@ Writes that depend on the current version (PUT, PATCH, conditional DELETE)
 are compare-and-set operations on ``{_id, _version}``, so concurrent writers
 never lose each other's changes.
 
+Exactly once (docs/reliability.md#exactly-once-writes): every write stores
+an operation id in the server-managed ``_op`` field next to ``_version`` (the
+caller's, e.g. derived from an ``Idempotency-Key``, or a random one per call).
+A write that finds the document already carrying its own operation id was
+applied by an earlier attempt of the same operation (a driver retry the
+database did not recognise after a lost reply, or a client's retry) and
+answers that document instead of writing again: an insert retried after a
+lost reply is a success, never a 409, and a replace or patch is never applied
+twice (``_version`` +1, one change event).
+
 Lists are keyset-paginated (:mod:`realtime.paging`).
 
 Tenants (docs/security.md): every method takes an optional
@@ -20,6 +30,7 @@ This module does not import the driver; it works through :mod:`realtime.db`.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +38,7 @@ from typing import Any, Literal
 from bson import ObjectId
 
 from realtime.auth import Forbidden, Tenant
-from realtime.codec import check_document, key_to_json
+from realtime.codec import OP_FIELD, check_document, key_to_json
 from realtime.config import Settings
 from realtime.db import Collection, Database
 from realtime.errors import (
@@ -46,12 +57,14 @@ __all__ = [
     "MAX_BULK",
     "MAX_ID_LENGTH",
     "MAX_LIMIT",
+    "OP_FIELD",
     "BulkItem",
     "BulkResult",
     "IfMatch",
     "Store",
     "check_id",
     "merge_patch",
+    "new_op",
     "version_of",
 ]
 
@@ -60,6 +73,9 @@ MAX_LIMIT = 1000
 MAX_ID_LENGTH = 1024
 #: Compare-and-set attempts of an unconditional PUT/PATCH before giving up (409).
 MAX_ATTEMPTS = 16
+
+#: Fields a client cannot set: the server manages them.
+_MANAGED = ("_id", "_version", OP_FIELD)
 
 #: ``If-Match``: a version, ``"*"`` (the document must exist) or absent.
 IfMatch = int | Literal["*"] | None
@@ -90,6 +106,16 @@ def check_id(value: Any) -> Any:
     if "\x00" in value:
         raise InvalidDocument("_id must not contain NUL")
     return value
+
+
+def new_op() -> str:
+    """A random operation id (16 URL-safe characters, 96 bits)."""
+    return secrets.token_urlsafe(12)
+
+
+def _is_mine(doc: Mapping[str, Any] | None, op: str) -> bool:
+    """True if ``doc`` is the result of the operation ``op``."""
+    return doc is not None and doc.get(OP_FIELD) == op
 
 
 def version_of(doc: Mapping[str, Any]) -> int:
@@ -302,10 +328,12 @@ class Store:
     # -- writes
 
     async def insert(self, collection: str, doc: Mapping[str, Any], *,
-                     tenant: Tenant | None = None) -> dict[str, Any]:
+                     tenant: Tenant | None = None, op: str | None = None) -> dict[str, Any]:
         """Insert ``doc`` (checked by ``codec.check_document``) with ``_version`` 1.
 
-        Without ``_id`` the driver generates an ObjectId. Returns the stored document.
+        Without ``_id`` an ObjectId is generated here (so a retry inserts the same
+        id). Returns the stored document; if a document with this ``_id`` already
+        carries the operation id ``op`` (an earlier attempt of this insert), that one.
 
         Raises:
             DuplicateKey: a document with this ``_id`` exists (409).
@@ -313,16 +341,29 @@ class Store:
             Forbidden: the document names another tenant (403).
         """
         coll = self._coll(collection)
-        stored = _versioned(_stamped(doc, tenant), 1)
+        op = op or new_op()
+        stored = _versioned(_stamped(doc, tenant), 1, op)
         if "_id" in stored:
             check_id(stored["_id"])
+        else:
+            stored = {"_id": ObjectId(), **stored}
         await self._db.prepare_collection(collection)
-        new_id = await coll.insert_one(stored)
-        return {"_id": new_id, **{k: v for k, v in stored.items() if k != "_id"}}
+        try:
+            await coll.insert_one(dict(stored))
+        except DuplicateKey:
+            existing = await coll.find_one({"_id": stored["_id"]})
+            if existing is not None and _is_mine(existing, op):
+                return existing
+            raise
+        return stored
 
     async def insert_many(self, collection: str, items: Sequence[Any], *,
-                          tenant: Tenant | None = None) -> BulkResult:
+                          tenant: Tenant | None = None, op: str | None = None) -> BulkResult:
         """Insert decoded JSON values in order, stopping at the first failure.
+
+        Item ``i`` gets the operation id ``<op>.<i>`` (and an ObjectId if it has
+        no ``_id``); an item whose ``_id`` already holds a document with that
+        operation id was inserted by an earlier attempt and counts as inserted.
 
         Each item is checked with ``codec.check_document``; an invalid item
         (422), an item of another tenant (403) or a duplicate ``_id`` (409)
@@ -335,28 +376,46 @@ class Store:
         coll = self._coll(collection)
         if len(items) > MAX_BULK:
             raise BadRequest(f"at most {MAX_BULK} documents per bulk request")
+        op = op or new_op()
         result = BulkResult()
         docs: list[dict[str, Any]] = []
         failure: BulkItem | None = None
         for index, item in enumerate(items):
             try:
-                doc = _versioned(_stamped(check_document(item), tenant), 1)
+                doc = _versioned(_stamped(check_document(item), tenant), 1, f"{op}.{index}")
                 if "_id" in doc:
                     check_id(doc["_id"])
+                else:
+                    doc = {"_id": ObjectId(), **doc}
             except (InvalidDocument, Forbidden) as exc:
                 failure = BulkItem(index, exc.status, detail=exc.detail)
                 break
             docs.append(doc)
         if docs:
             await self._db.prepare_collection(collection)
-            ids, errors = await coll.insert_many(docs)
-            result.items.extend(BulkItem(i, 201, id=key, version=1) for i, key in enumerate(ids))
-            if errors:
+            offset = 0
+            while docs:
+                ids, errors = await coll.insert_many(docs)
+                result.items.extend(BulkItem(offset + i, 201, id=key, version=1)
+                                    for i, key in enumerate(ids))
+                if not errors:
+                    break
                 error = errors[0]
+                if error.code == 11000 and 0 <= error.index < len(docs):
+                    existing = await coll.find_one({"_id": docs[error.index]["_id"]})
+                    if existing is not None and _is_mine(existing,
+                                                         docs[error.index][OP_FIELD]):
+                        result.items.append(BulkItem(offset + error.index, 201,
+                                                     id=existing["_id"],
+                                                     version=version_of(existing)))
+                        offset += error.index + 1
+                        docs = docs[error.index + 1:]
+                        continue
                 status = DuplicateKey.status if error.code == 11000 else InvalidDocument.status
                 detail = ("a document with this _id already exists" if error.code == 11000
                           else f"rejected by the database: {error.message}")
-                failure = BulkItem(error.index, status, detail=detail)
+                failure = BulkItem(offset + error.index, status, detail=detail)
+                break
         if failure is not None:
             result.items.append(failure)
             result.items.extend(
@@ -367,11 +426,13 @@ class Store:
 
     async def replace(
         self, collection: str, id: Any, doc: Mapping[str, Any], *, if_match: IfMatch = None,
-        tenant: Tenant | None = None,
+        tenant: Tenant | None = None, op: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Replace (or, without ``If-Match``, create) the document ``id``.
 
-        Returns the stored document and whether it was created.
+        Returns the stored document and whether it was created. A document that
+        already carries the operation id ``op`` is the result of an earlier attempt
+        of this write: it is returned as it is (created if at version 1).
 
         Raises:
             InvalidDocument: the body's ``_id`` differs from ``id`` (422).
@@ -387,12 +448,16 @@ class Store:
                 f"the body's _id {key_to_json(doc['_id'])!r} differs from the path's "
                 f"{key_to_json(id)!r}")
         doc = _stamped(doc, tenant)
+        op = op or new_op()
         coll = await self._writable(collection)
         for _ in range(MAX_ATTEMPTS):
             if isinstance(if_match, int):
                 current: int | None = if_match
             else:
                 old = await coll.find_one({"_id": id})
+                if old is not None and _is_mine(old, op) and (
+                        tenant is None or tenant.owns(old)):
+                    return old, version_of(old) == 1
                 if old is not None and tenant is not None and not tenant.owns(old):
                     if if_match is not None:
                         raise _absent(collection, id)
@@ -401,7 +466,7 @@ class Store:
             if current is None:
                 if if_match is not None:
                     raise _absent(collection, id)
-                stored = {"_id": id, **_versioned(doc, 1)}
+                stored = {"_id": id, **_versioned(doc, 1, op)}
                 try:
                     await coll.insert_one(dict(stored))
                 except DuplicateKey:
@@ -409,19 +474,25 @@ class Store:
                 return stored, True
             new = await coll.find_one_and_replace(
                 _owned({"_id": id, "_version": _version_is(current)}, tenant),
-                {"_id": id, **_versioned(doc, current + 1)},
+                {"_id": id, **_versioned(doc, current + 1, op)},
             )
             if new is not None:
                 return new, False
             if isinstance(if_match, int):
+                now = await coll.find_one(_owned({"_id": id}, tenant))
+                if now is not None and _is_mine(now, op):
+                    return now, False
                 raise _mismatch(collection, id, if_match)
         raise _busy(collection, id)
 
     async def patch(
         self, collection: str, id: Any, patch: Mapping[str, Any], *, if_match: IfMatch = None,
-        tenant: Tenant | None = None,
+        tenant: Tenant | None = None, op: str | None = None,
     ) -> dict[str, Any]:
         """Apply an RFC 7396 merge patch (checked by ``codec.check_document``).
+
+        A document that already carries the operation id ``op`` is the result of
+        an earlier attempt of this patch and is returned as it is.
 
         The result is written as one update (``$set``/``$unset`` of the changed
         top-level fields, ``$inc`` of ``_version``) conditional on the version
@@ -440,7 +511,8 @@ class Store:
             raise InvalidDocument("_id cannot be changed")
         if tenant is not None and tenant.field in patch:
             _stamped({tenant.field: patch[tenant.field]}, tenant)
-        changes = {k: v for k, v in patch.items() if k not in ("_id", "_version")}
+        changes = {k: v for k, v in patch.items() if k not in _MANAGED}
+        op = op or new_op()
         coll = await self._writable(collection)
         for _ in range(MAX_ATTEMPTS):
             old = await coll.find_one(_owned({"_id": id}, tenant))
@@ -448,6 +520,8 @@ class Store:
                 if if_match is not None:
                     raise _absent(collection, id)
                 raise _not_found(collection, id)
+            if _is_mine(old, op):
+                return old
             current = version_of(old)
             if isinstance(if_match, int) and current != if_match:
                 raise _mismatch(collection, id, if_match)
@@ -460,38 +534,48 @@ class Store:
             update: dict[str, Any] = {"$inc": {"_version": 1}}
             if current == 0 and "_version" not in old:
                 update = {"$set": {"_version": 1}}
+            update.setdefault("$set", {})[OP_FIELD] = op
             if to_set:
-                update.setdefault("$set", {}).update(to_set)
+                update["$set"].update(to_set)
             if to_unset:
                 update["$unset"] = to_unset
             new = await coll.find_one_and_update(
                 _owned({"_id": id, "_version": _version_is(current)}, tenant), update)
             if new is not None:
                 return new
-            if isinstance(if_match, int):
-                raise _mismatch(collection, id, if_match)
+            # Lost the race, or an earlier attempt of this patch won it: read again.
         raise _busy(collection, id)
 
     async def delete(self, collection: str, id: Any, *, if_match: IfMatch = None,
                      tenant: Tenant | None = None) -> None:
         """Delete the document ``id`` (of ``tenant``, if given).
 
+        The document is read first and deleted at the version read, so a delete
+        whose reply was lost and that the driver retried (the retry finds nothing
+        to delete) still succeeds: the document this call saw is gone, and only
+        one change event was written.
+
         Raises:
             NotFound: no such document (404; 412 if ``if_match`` is given).
             PreconditionFailed: ``if_match`` does not match (412).
+            Conflict: it kept changing under us (409; retry).
         """
         coll = await self._writable(collection)
-        query: dict[str, Any] = {"_id": id}
-        if isinstance(if_match, int):
-            query["_version"] = _version_is(if_match)
-        if await coll.delete_one(_owned(query, tenant)):
-            return
-        if if_match is None:
-            raise _not_found(collection, id)
-        if (isinstance(if_match, int)
-                and await coll.find_one(_owned({"_id": id}, tenant)) is not None):
-            raise _mismatch(collection, id, if_match)
-        raise _absent(collection, id)
+        for _ in range(MAX_ATTEMPTS):
+            old = await coll.find_one(_owned({"_id": id}, tenant))
+            if old is None:
+                if if_match is not None:
+                    raise _absent(collection, id)
+                raise _not_found(collection, id)
+            current = version_of(old)
+            if isinstance(if_match, int) and current != if_match:
+                raise _mismatch(collection, id, if_match)
+            query = {"_id": id, "_version": _version_is(current)}
+            if await coll.delete_one(_owned(query, tenant)):
+                return
+            if await coll.find_one(_owned({"_id": id}, tenant)) is None:
+                return  # gone: deleted by this call (a retried reply) or concurrently
+        raise _busy(collection, id)
 
 
 def _owned(query: dict[str, Any], tenant: Tenant | None) -> dict[str, Any]:
@@ -516,13 +600,14 @@ def _stamped(doc: Mapping[str, Any], tenant: Tenant | None) -> Mapping[str, Any]
     return {**doc, tenant.field: tenant.value}
 
 
-def _versioned(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
-    """``doc`` with ``_id`` first, then ``_version``, then its other fields."""
+def _versioned(doc: Mapping[str, Any], version: int, op: str) -> dict[str, Any]:
+    """``doc`` with ``_id`` first, then ``_version`` and ``_op``, then its other fields."""
     out: dict[str, Any] = {}
     if "_id" in doc:
         out["_id"] = doc["_id"]
     out["_version"] = version
-    out.update((k, v) for k, v in doc.items() if k not in ("_id", "_version"))
+    out[OP_FIELD] = op
+    out.update((k, v) for k, v in doc.items() if k not in _MANAGED)
     return out
 
 

@@ -72,6 +72,10 @@ class Outlet(Protocol):
     def max_backlog(self) -> int:
         """Most messages the connection may hold for its client."""
 
+    @property
+    def backlog(self) -> int:
+        """Messages held for the client because its transport is paused."""
+
     def send(self, message: str) -> None:
         """Send one server message (never blocks, never raises)."""
 

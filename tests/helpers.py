@@ -7,6 +7,8 @@
 - credentials and settings for the auth modes (:func:`apikey_settings`,
   :func:`jwt_settings`, :func:`hs256`, :func:`bearer`);
 - a server fail point as a context manager (:func:`fail_point`);
+- a TCP proxy to the database that loses the reply of one write after the
+  database applied it, or holds a write (:class:`WireProxy`);
 - waiting for a state with a timeout (:func:`wait_until`, :func:`until`,
   :func:`notified`), never for a fixed time.
 """
@@ -29,10 +31,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import bson
 import httpx
 import jwt
 import orjson
 from bson import Timestamp
+from bson.codec_options import CodecOptions
+from bson.son import SON
 from pymongo import AsyncMongoClient
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -187,6 +192,176 @@ async def fail_point(client_or_uri: str | AsyncMongoClient[Any], name: str = "fa
     finally:
         if own:
             await client.close()
+
+
+_OP_MSG = 2013
+
+
+def _command_of(message: bytes) -> tuple[str, Any, bytes, int] | None:
+    """An OP_MSG's command name, its first value, the body's bytes and its offset."""
+    if int.from_bytes(message[12:16], "little") != _OP_MSG or message[20] != 0:
+        return None
+    size = int.from_bytes(message[21:25], "little")
+    raw = message[21:21 + size]
+    body = bson.decode(raw, CodecOptions(document_class=SON))
+    name = next(iter(body), None)
+    if name is None:
+        return None
+    return str(name), body[name], raw, 21
+
+
+def _without_txn_number(message: bytes) -> bytes:
+    """The OP_MSG ``message`` with ``txnNumber`` removed from its body (checksum dropped)."""
+    parsed = _command_of(message)
+    assert parsed is not None
+    _, _, raw, offset = parsed
+    body = bson.decode(raw, CodecOptions(document_class=SON))
+    body.pop("txnNumber", None)
+    flags = int.from_bytes(message[16:20], "little")
+    end = len(message) - 4 if flags & 1 else len(message)
+    rest = bson.encode(body) + message[offset + len(raw):end]
+    out = message[4:16] + (flags & ~1).to_bytes(4, "little") + message[20:21] + rest
+    return (len(out) + 4).to_bytes(4, "little") + out
+
+
+class WireProxy:
+    """A TCP proxy between the service and the database that injects write faults.
+
+    - :meth:`lose_reply`: the next matching write is forwarded and applied, its
+      reply is dropped and the client's connection closed: the driver sees a
+      network error after the commit and retries. With ``forget_retry`` the
+      retry's ``txnNumber`` is removed, so the database cannot recognise it as
+      a retry: what happens when its retry record is lost (a crash, a failover).
+    - :meth:`hold`: the next matching write waits in the proxy until
+      :meth:`release` (to make a request stay in flight).
+
+    A write matches by command name (``insert``, ``findAndModify``, ``delete``,
+    ``update``) and collection.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._lose: tuple[str, str] | None = None
+        self._forget: tuple[str, str] | None = None
+        self._hold: tuple[str, str] | None = None
+        self._released = asyncio.Event()
+        #: Set once a reply was lost / a write is being held.
+        self.lost = asyncio.Event()
+        self.held = asyncio.Event()
+        #: Retries forwarded without their ``txnNumber``.
+        self.forgotten = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    async def start(self) -> WireProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def lose_reply(self, command: str, collection: str, *, forget_retry: bool = True) -> None:
+        self.lost.clear()
+        self._lose = (command, collection)
+        self._forget = (command, collection) if forget_retry else None
+
+    def hold(self, command: str, collection: str) -> None:
+        self.held.clear()
+        self._released.clear()
+        self._hold = (command, collection)
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._released.set()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        drop = asyncio.Event()
+        self._spawn(self._upstream(reader, up_writer, writer, drop))
+        self._spawn(self._downstream(up_reader, writer, up_writer, drop))
+
+    @staticmethod
+    async def _message(reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            head = await reader.readexactly(4)
+            return head + await reader.readexactly(int.from_bytes(head, "little") - 4)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def _upstream(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter,
+                        client: asyncio.StreamWriter, drop: asyncio.Event) -> None:
+        try:
+            while (message := await self._message(reader)) is not None:
+                parsed = _command_of(message)
+                target = None if parsed is None else (parsed[0], parsed[1])
+                if target is not None and target == self._hold:
+                    self._hold = None
+                    self.held.set()
+                    await self._released.wait()
+                if target is not None and target == self._lose:
+                    self._lose = None
+                    drop.set()
+                elif target is not None and target == self._forget:
+                    self._forget = None
+                    self.forgotten += 1
+                    message = _without_txn_number(message)
+                up.write(message)
+                await up.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            up.close()
+            client.close()
+
+    async def _downstream(self, up: asyncio.StreamReader, client: asyncio.StreamWriter,
+                          up_writer: asyncio.StreamWriter, drop: asyncio.Event) -> None:
+        try:
+            while (message := await self._message(up)) is not None:
+                if drop.is_set():
+                    self.lost.set()  # applied by the database; the client never hears
+                    break
+                client.write(message)
+                await client.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            client.close()
+            up_writer.close()
+
+
+@asynccontextmanager
+async def wire_proxy(uri_host: str, port: int) -> AsyncIterator[WireProxy]:
+    """A started :class:`WireProxy` to ``uri_host:port`` for the block."""
+    proxy = await WireProxy(uri_host, port).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
 
 
 # ------------------------------------------------------------------ WebSocket clients

@@ -98,6 +98,17 @@ async def test_drivers_quick(tmp_path: Path) -> None:
     assert set(data["medians"]) == {"motor", "pymongo"}
 
 
+async def test_storm_quick(tmp_path: Path) -> None:
+    data = await quick("storm", tmp_path)
+    for run in data["runs"]:
+        assert run["delivered"] == run["expected"] == run["clients"] * run["changes_after_since"]
+        assert run["min_per_client"] == run["max_per_client"] == run["expected_per_client"]
+        assert run["clients_with_wrong_count"] == 0
+        assert run["closes"] == {}
+        assert run["oplog_entries"] > run["changes_after_since"]
+        assert run["complete"]
+
+
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
             for p in directory.rglob("*") if p.is_file()}

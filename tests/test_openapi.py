@@ -34,12 +34,12 @@ COMMON = {400, 401, 403, 429, 503}
 EXPECTED: dict[tuple[str, str], set[int]] = {
     ("get", "/api/collections"): {200, *COMMON},
     ("post", DOCS): {201, *COMMON, 404, 409, 413, 415, 422},
-    ("post", DOCS + ":bulk"): {200, 207, *COMMON, 404, 413, 415, 422},
+    ("post", DOCS + ":bulk"): {200, 207, *COMMON, 404, 409, 413, 415, 422},
     ("get", DOCS): {200, *COMMON, 404},
     ("get", ONE): {200, *COMMON, 404},
     ("put", ONE): {200, 201, *COMMON, 404, 409, 412, 413, 415, 422},
     ("patch", ONE): {200, *COMMON, 404, 409, 412, 413, 415, 422},
-    ("delete", ONE): {204, *COMMON, 404, 412},
+    ("delete", ONE): {204, *COMMON, 404, 409, 412, 422},
 }
 
 

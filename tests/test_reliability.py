@@ -454,3 +454,92 @@ async def test_reconnect_storm(mongo: EmbeddedServer) -> None:
 @pytest.mark.timeout(600)
 async def test_reconnect_storm_3000(mongo: EmbeddedServer) -> None:
     await storm(mongo, clients=3000)
+
+
+# -- mass resume after a restart (shared catch-up) ---------------------------------------
+async def mass_resume(mongo: EmbeddedServer, clients: int, writes: int,
+                      bound: float) -> None:
+    """``clients`` resume with one ``since`` from before ``writes`` changes made while
+    the server was down: each gets every change exactly once, all within ``bound`` s."""
+    env = {"REALTIME_MONGODB_URI": mongo.uri,
+           "REALTIME_DATABASE": f"m_{uuid.uuid4().hex[:10]}"}
+    db_client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo.uri)
+    coll = db_client[env["REALTIME_DATABASE"]]["mass"]
+    try:
+        async with server_process(env) as server:
+            async with ws_client(server.ws_url) as c:
+                await c.subscribe("s", "mass")
+                await asyncio.to_thread(coll.insert_one, {"_id": "start", "_version": 1})
+                (first,) = await c.changes(1)
+            since = first["id"]
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(server.proc.wait, 10) == 0
+            docs = [{"_id": f"w{i:06d}", "i": i, "_version": 1} for i in range(writes)]
+            for at in range(0, writes, 1000):
+                await asyncio.to_thread(coll.insert_many, docs[at:at + 1000])
+            want = [d["_id"] for d in docs]
+            await server.start()
+            restarted = time.monotonic()
+            caught_up = 0
+            all_caught_up = asyncio.Event()
+
+            async def one() -> tuple[list[str], float]:
+                nonlocal caught_up
+                async with ws_client(server.ws_url, max_queue=None) as c:
+                    await c.subscribe("s", "mass", since=since)
+                    got = [str(m["key"]) for m in await c.changes(writes, timeout=bound)]
+                    done = time.monotonic() - restarted
+                    caught_up += 1
+                    if caught_up == clients:
+                        all_caught_up.set()
+                    # nothing more (no duplicate) before a change made after the storm
+                    (after,) = await c.changes(1, timeout=bound + 30)
+                    got.append(str(after["key"]))
+                    return got, done
+
+            tasks = [asyncio.create_task(one()) for _ in range(clients)]
+            try:
+                await notified_or_failed(all_caught_up, tasks, bound + 30)
+                await asyncio.to_thread(coll.insert_one, {"_id": "after", "_version": 1})
+                results = await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                feed = (await http.get("/readyz")).json()["checks"]["feed"]
+            assert feed["catchups"] == clients, feed  # the ring was empty: all caught up
+            assert feed["restarts"] == 0, feed
+    finally:
+        db_client.close()
+    slowest = max(done for _, done in results)
+    for got, _ in results:
+        assert got == [*want, "after"]  # every change once, in order, then live
+    assert slowest < bound, f"last client caught up {slowest:.1f} s after the restart"
+
+
+async def notified_or_failed(event: asyncio.Event, tasks: list[asyncio.Task[Any]],
+                             timeout: float) -> None:
+    """Wait for ``event``; raise at once the error of a task that failed meanwhile."""
+    waiter = asyncio.create_task(event.wait())
+    try:
+        async with asyncio.timeout(timeout):
+            pending: set[asyncio.Future[Any]] = {waiter, *tasks}
+            while not event.is_set():
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not waiter:
+                        t.result()  # a client that ended early: its error
+    finally:
+        waiter.cancel()
+
+
+async def test_mass_resume_after_a_restart_shares_the_catch_up(mongo: EmbeddedServer) -> None:
+    await mass_resume(mongo, clients=300, writes=2000, bound=90)
+
+
+@pytest.mark.slow
+async def test_mass_resume_after_a_restart_at_full_size(mongo: EmbeddedServer) -> None:
+    await mass_resume(mongo, clients=1000, writes=1000, bound=180)

@@ -267,6 +267,7 @@ async def test_patch_is_an_update_in_the_change_stream(client: httpx.AsyncClient
         await stream.close()
     assert event["operationType"] == "update"
     desc = event["updateDescription"]
+    assert isinstance(desc["updatedFields"].pop("_op"), str)  # the operation id
     assert desc["updatedFields"] == {"a": 2, "b": {"c": 1, "d": 2}, "_version": 2}
     assert desc["removedFields"] == ["gone"]
 

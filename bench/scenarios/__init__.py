@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import Options
 from bench.report import Renderer
-from bench.scenarios import drivers, fanout, filters, idle, latency, naive
+from bench.scenarios import drivers, fanout, filters, idle, latency, naive, storm
 
 __all__ = ["SCENARIOS", "Scenario", "renderers"]
 
@@ -44,6 +44,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              naive.run, naive.RENDER),
     Scenario("drivers", "Motor vs PyMongo's async API behind realtime.db",
              drivers.run, drivers.RENDER),
+    Scenario("storm", "N clients resume with one since after a server restart",
+             storm.run, storm.RENDER),
 )}
 
 

@@ -10,12 +10,17 @@ Every route needs credentials (401) and the collection's scope (403): reads
 ``read:<collection>``, writes ``write:<collection>`` (docs/security.md), and
 is charged to the credential's rate limit (429). A principal with a tenant
 works only on its tenant's documents (:mod:`realtime.store`).
+
+Writes take an ``Idempotency-Key`` header (:mod:`realtime.idempotency`): the
+first successful response is kept and a retry with the key gets it again,
+marked ``Idempotent-Replayed: true``; the key's record is the write's
+operation id, so a retry never writes twice.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -30,15 +35,26 @@ from realtime.api.deps import (
     SettingsDep,
     StoreDep,
     WriterDep,
+    get_services,
 )
 from realtime.api.problems import PROBLEM_JSON, PROBLEM_SCHEMA
+from realtime.auth import Principal
 from realtime.codec import check_document, dumps, key_to_json, loads, parse_id
 from realtime.config import Settings
 from realtime.errors import (
     BadRequest,
     InvalidDocument,
+    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
+)
+from realtime.idempotency import (
+    KEY_PATTERN,
+    Idempotency,
+    StoredResponse,
+    check_key,
+    fingerprint,
+    record_id,
 )
 from realtime.paging import parse_sort
 from realtime.store import (
@@ -51,7 +67,7 @@ from realtime.store import (
     version_of,
 )
 
-__all__ = ["SCHEMAS", "parse_if_match", "read_json", "router"]
+__all__ = ["REPLAYED", "SCHEMAS", "parse_if_match", "read_body", "read_json", "router"]
 
 
 async def _known_query(request: Request) -> None:
@@ -116,7 +132,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object", "propertyNames": _ref("FieldName"),
         "properties": {"_id": _ref("DocumentId")}, "additionalProperties": _ref("JsonValue"),
         "description": "A document to store: `_id` optional (an ObjectId is generated); "
-                       "`_version` is server-managed and ignored; with a tenant, the tenant "
+                       "`_version` and `_op` are server-managed and ignored; with a tenant, "
+                       "the tenant "
                        "field may only name the caller's tenant.",
     },
     "DocumentBody": {
@@ -129,21 +146,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 _DOCUMENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A JSON document; `_id` (string, 24-hex = ObjectId) and the "
-                   "server-managed `_version` (int) are always present in responses.",
+                   "server-managed `_version` (int) are always present in responses, and "
+                   "`_op` (string, the id of the operation that wrote it last) on "
+                   "documents written through this service.",
     "required": ["_id", "_version"],
-    "properties": {"_version": {"type": "integer"}},
+    "properties": {"_version": {"type": "integer"}, "_op": {"type": "string"}},
     "additionalProperties": True,
 }
 _WHY: dict[int, str] = {
     400: "Malformed JSON, a bad filter, sort, cursor, parameter, id or collection name; "
          "`detail` says what to fix and `invalid_params` names each bad parameter.",
     404: "No such document, or the collection is not exposed.",
-    409: "A document with this `_id` already exists (or it kept changing: retry).",
+    409: "A document with this `_id` already exists (or it kept changing: retry), or a "
+         "request with the same `Idempotency-Key` is still being processed.",
     412: "`If-Match` did not match the document's current version.",
     413: "The body is over the size limit.",
     415: "The body is not JSON.",
     422: "Not a storable document (not an object; a field name starting with `$`, "
-         "containing `.` or NUL; a bad `_id`).",
+         "containing `.` or NUL; a bad `_id`), or an `Idempotency-Key` already used "
+         "with a different request.",
     401: "No credentials, or credentials that are not valid (`WWW-Authenticate: Bearer`).",
     403: "The credentials lack the collection's scope, or the document names another "
          "tenant (or, without authentication, a browser asked for a non-loopback host).",
@@ -172,11 +193,16 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _ok(code: int, description: str, schema: dict[str, Any] | None = None, *,
-        etag: bool = False, location: bool = False) -> dict[int | str, dict[str, Any]]:
+        etag: bool = False, location: bool = False, replayable: bool = False
+        ) -> dict[int | str, dict[str, Any]]:
     entry: dict[str, Any] = {"description": description}
     if schema is not None:
         entry["content"] = {JSON: {"schema": schema}}
     headers: dict[str, Any] = {}
+    if replayable:
+        headers[REPLAYED] = {"schema": {"type": "string", "enum": ["true"]},
+                             "description": "Present on a replay: the kept first response "
+                                            "to this `Idempotency-Key`."}
     if etag:
         headers["ETag"] = {"schema": {"type": "string"}, "description": 'The version, `"<n>"`.'}
     if location:
@@ -220,7 +246,16 @@ def _check_media_type(value: str | None, *, patch: bool) -> None:
 
 
 async def read_json(request: Request, settings: Settings, *, patch: bool = False) -> Any:
-    """The request's JSON body, decoded.
+    """The request's JSON body, decoded (:func:`read_body`, then ``codec.loads``).
+
+    Raises:
+        UnsupportedMediaType, PayloadTooLarge, BadRequest: as :func:`read_body`.
+    """
+    return loads(await read_body(request, settings, patch=patch))
+
+
+async def read_body(request: Request, settings: Settings, *, patch: bool = False) -> bytes:
+    """The request's JSON body as bytes (not decoded yet).
 
     Raises:
         UnsupportedMediaType: the Content-Type is not JSON (415).
@@ -245,7 +280,7 @@ async def read_json(request: Request, settings: Settings, *, patch: bool = False
         chunks.append(chunk)
     if size == 0:
         raise BadRequest("empty body; send a JSON document")
-    return loads(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def parse_if_match(value: str | None) -> IfMatch:
@@ -306,6 +341,79 @@ def _bulk_json(result: BulkResult) -> dict[str, Any]:
         items.append(entry)
     return {"inserted": result.inserted, "failed": len(result.items) - result.inserted,
             "items": items}
+
+
+# ------------------------------------------------------------------ idempotency
+
+#: The response header marking a replay of a kept response.
+REPLAYED = "Idempotent-Replayed"
+#: The response headers kept with a response for replays.
+_KEPT_HEADERS = ("content-type", "etag", "location")
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
+           description="A unique key per logical write (e.g. a UUID; 1-255 visible ASCII "
+                       "characters). A retry with the same key returns the first response "
+                       f"with `{REPLAYED}: true` and never writes twice (docs/api.md).",
+           examples=["5f1c8a0e-7b9d-4c1e-9a57-3f0e2d6b8c41"]),
+]
+
+
+def _keeper(request: Request) -> Idempotency:
+    """The app's :class:`Idempotency` records, made on first use for this lifespan's database."""
+    services = get_services(request)
+    keeper: Idempotency | None = getattr(request.app.state, "idempotency", None)
+    if keeper is None or keeper.db is not services.db:
+        keeper = Idempotency(services.db, services.settings)
+        request.app.state.idempotency = keeper
+    return keeper
+
+
+def _scope(principal: Principal) -> str:
+    tenant = principal.tenant
+    return principal.id if tenant is None else f"{principal.id}\x00{tenant.field}={tenant.value}"
+
+
+async def _once(request: Request, principal: Principal, key: str | None, body: bytes,
+                run: Callable[[str | None], Awaitable[Response]]) -> Response:
+    """``run(op)`` once per ``Idempotency-Key`` (``op``: the write's operation id).
+
+    Without a key, ``run(None)``. With one: the kept response if there is one
+    (with ``Idempotent-Replayed: true``), else ``run`` with the key's operation
+    id, its 2xx response kept. A DELETE that finds nothing after an earlier
+    attempt with the key died unanswered answers 204: that attempt deleted it.
+
+    Raises:
+        BadRequest: a malformed key (400).
+        KeyReused: the key was used with another request (422).
+        KeyInFlight: a request with the key is still running (409).
+        RealtimeError: whatever ``run`` raises (the key is then freed).
+    """
+    if key is None:
+        return await run(None)
+    keeper = _keeper(request)
+    id = record_id(_scope(principal), request.method, request.url.path, check_key(key))
+    begun = await keeper.begin(id, fingerprint(body, request.headers.get("if-match"),
+                                               request.headers.get("content-type")))
+    if isinstance(begun, StoredResponse):
+        return Response(begun.body, status_code=begun.status,
+                        headers={**begun.headers, REPLAYED: "true"})
+    try:
+        try:
+            response = await run(begun.op)
+        except NotFound:
+            if not (begun.retaken and request.method == "DELETE"):
+                raise
+            response = Response(status_code=204)
+    except Exception:
+        await keeper.release(begun)  # (a cancelled request's key frees itself after the lock)
+        raise
+    raw = bytes(response.body)
+    await keeper.finish(begun, StoredResponse(
+        response.status_code,
+        {name: value for name, value in response.headers.items() if name in _KEPT_HEADERS},
+        raw))
+    return response
 
 
 # ------------------------------------------------------------------------ routes
@@ -372,27 +480,35 @@ async def list_collections(store: StoreDep, principal: PrincipalDep) -> Response
     _DOCS,
     summary="Insert a document",
     status_code=201,
-    responses={**_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
+    responses={**_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True,
+                     replayable=True),
                **_problems(400, 404, 409, 413, 415, 422)},
     openapi_extra=_body(_ref("NewDocument"), JSON),
 )
 async def insert_document(collection: CollectionPath, request: Request, store: StoreDep,
-                          settings: SettingsDep, principal: WriterDep) -> Response:
+                          settings: SettingsDep, principal: WriterDep,
+                          idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Insert the body (``_id`` optional: an ObjectId is generated) at ``_version`` 1."""
     store.check_collection(collection)
-    doc = _document(await read_json(request, settings))
-    stored = await store.insert(collection, doc, tenant=principal.tenant)
-    return _doc_response(stored, 201, location=_location(collection, stored["_id"]))
+    raw = await read_body(request, settings)
+    doc = _document(loads(raw))
+
+    async def run(op: str | None) -> Response:
+        stored = await store.insert(collection, doc, tenant=principal.tenant, op=op)
+        return _doc_response(stored, 201, location=_location(collection, stored["_id"]))
+
+    return await _once(request, principal, idempotency_key, raw, run)
 
 
 @router.post(
     _DOCS + ":bulk",
     summary="Insert many documents (ordered)",
     responses={
-        **_ok(200, "Every document was inserted.", _BULK_SCHEMA),
+        **_ok(200, "Every document was inserted.", _BULK_SCHEMA, replayable=True),
         **_ok(207, "An item failed: it has its status and detail; items before it were "
-                   "inserted, items after it have status 424 (not attempted).", _BULK_SCHEMA),
-        **_problems(400, 404, 413, 415, 422),
+                   "inserted, items after it have status 424 (not attempted).", _BULK_SCHEMA,
+              replayable=True),
+        **_problems(400, 404, 409, 413, 415, 422),
     },
     openapi_extra=_body({"type": "array", "maxItems": MAX_BULK,
                          "description": "Documents; an item that is not a storable document "
@@ -400,17 +516,23 @@ async def insert_document(collection: CollectionPath, request: Request, store: S
                          "items": {}}, JSON),
 )
 async def insert_documents(collection: CollectionPath, request: Request, store: StoreDep,
-                           settings: SettingsDep, principal: WriterDep) -> Response:
+                           settings: SettingsDep, principal: WriterDep,
+                           idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Insert a JSON array of at most 1000 documents in order, stopping at the first failure."""
     store.check_collection(collection)
-    items = await read_json(request, settings)
+    raw = await read_body(request, settings)
+    items = loads(raw)
     if not isinstance(items, list):
         raise InvalidDocument("a bulk body must be a JSON array of documents")
     if len(items) > MAX_BULK:
         raise PayloadTooLarge(f"at most {MAX_BULK} documents per bulk request")
-    result = await store.insert_many(collection, items, tenant=principal.tenant)
-    return Response(dumps(_bulk_json(result)), status_code=200 if result.ok else 207,
-                    media_type=JSON)
+
+    async def run(op: str | None) -> Response:
+        result = await store.insert_many(collection, items, tenant=principal.tenant, op=op)
+        return Response(dumps(_bulk_json(result)), status_code=200 if result.ok else 207,
+                        media_type=JSON)
+
+    return await _once(request, principal, idempotency_key, raw, run)
 
 
 FilterQuery = Annotated[str | None, Query(
@@ -506,58 +628,80 @@ async def get_document(collection: CollectionPath, id: IdPath, store: StoreDep,
 @router.put(
     _ONE,
     summary="Replace or create a document",
-    responses={**_ok(200, "Replaced.", _DOCUMENT_SCHEMA, etag=True),
-               **_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True),
+    responses={**_ok(200, "Replaced.", _DOCUMENT_SCHEMA, etag=True, replayable=True),
+               **_ok(201, "Created.", _DOCUMENT_SCHEMA, etag=True, location=True,
+                     replayable=True),
                **_problems(400, 404, 409, 412, 413, 415, 422)},
     openapi_extra=_body(_ref("DocumentBody"), JSON),
 )
 async def replace_document(collection: CollectionPath, id: IdPath, request: Request,
                            store: StoreDep, settings: SettingsDep, principal: WriterDep,
-                           if_match: IfMatchHeader = None) -> Response:
+                           if_match: IfMatchHeader = None,
+                           idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Replace the document (``_version`` + 1) or create it; ``If-Match`` makes it conditional."""
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
-    doc = _document(await read_json(request, settings))
-    stored, created = await store.replace(collection, key, doc, if_match=precondition,
-                                          tenant=principal.tenant)
-    if created:
-        return _doc_response(stored, 201, location=_location(collection, key))
-    return _doc_response(stored)
+    raw = await read_body(request, settings)
+    doc = _document(loads(raw))
+
+    async def run(op: str | None) -> Response:
+        stored, created = await store.replace(collection, key, doc, if_match=precondition,
+                                              tenant=principal.tenant, op=op)
+        if created:
+            return _doc_response(stored, 201, location=_location(collection, key))
+        return _doc_response(stored)
+
+    return await _once(request, principal, idempotency_key, raw, run)
 
 
 @router.patch(
     _ONE,
     summary="Update a document with a JSON merge patch (RFC 7396)",
-    responses={**_ok(200, "Updated.", _DOCUMENT_SCHEMA, etag=True),
+    responses={**_ok(200, "Updated.", _DOCUMENT_SCHEMA, etag=True, replayable=True),
                **_problems(400, 404, 409, 412, 413, 415, 422)},
     openapi_extra=_body(_ref("DocumentBody"), MERGE_PATCH, JSON),
 )
 async def patch_document(collection: CollectionPath, id: IdPath, request: Request, store: StoreDep,
                          settings: SettingsDep, principal: WriterDep,
-                         if_match: IfMatchHeader = None) -> Response:
+                         if_match: IfMatchHeader = None,
+                         idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Merge the patch into the document: objects merge, ``null`` removes, the rest replaces."""
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
-    body = await read_json(request, settings, patch=True)
+    raw = await read_body(request, settings, patch=True)
+    body = loads(raw)
     if not isinstance(body, dict):
         raise InvalidDocument("a merge patch for a document must be a JSON object")
     patch = check_document(body)
-    return _doc_response(await store.patch(collection, key, patch, if_match=precondition,
-                                           tenant=principal.tenant))
+
+    async def run(op: str | None) -> Response:
+        return _doc_response(await store.patch(collection, key, patch, if_match=precondition,
+                                               tenant=principal.tenant, op=op))
+
+    return await _once(request, principal, idempotency_key, raw, run)
 
 
 @router.delete(
     _ONE,
     summary="Delete a document",
     status_code=204,
-    responses={204: {"description": "Deleted."}, **_problems(400, 404, 412)},
+    responses={204: {"description": "Deleted.", "headers": {
+        REPLAYED: {"schema": {"type": "string", "enum": ["true"]},
+                   "description": "Present on a replay of this `Idempotency-Key`."}}},
+               **_problems(400, 404, 409, 412, 422)},
 )
-async def delete_document(collection: CollectionPath, id: IdPath, store: StoreDep,
-                          principal: WriterDep, if_match: IfMatchHeader = None) -> Response:
+async def delete_document(collection: CollectionPath, id: IdPath, request: Request,
+                          store: StoreDep, principal: WriterDep, if_match: IfMatchHeader = None,
+                          idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Delete the document; 404 if absent, 412 if ``If-Match`` does not match."""
     store.check_collection(collection)
-    await store.delete(collection, _path_id(id), if_match=parse_if_match(if_match),
-                       tenant=principal.tenant)
-    return Response(status_code=204)
+    key = _path_id(id)
+    precondition = parse_if_match(if_match)
+
+    async def run(op: str | None) -> Response:
+        await store.delete(collection, key, if_match=precondition, tenant=principal.tenant)
+        return Response(status_code=204)
+
+    return await _once(request, principal, idempotency_key, b"", run)

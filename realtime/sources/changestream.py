@@ -31,6 +31,7 @@ from realtime.errors import HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, normalise
 from realtime.histogram import LatencyBuckets
 from realtime.hub import Hub
+from realtime.names import IDEMPOTENCY_COLLECTION
 from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
 
 __all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "pipeline"]
@@ -67,7 +68,9 @@ def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
     ops = ["insert", "update", "replace", "delete", "drop", "rename", "dropDatabase",
            "invalidate"]
     match: dict[str, Any] = {"operationType": {"$in": ops}}
-    if collections is not None:
+    if collections is None:  # everything but the service's own idempotency records
+        match = {"$and": [match, {"ns.coll": {"$ne": IDEMPOTENCY_COLLECTION}}]}
+    else:
         match = {"$and": [match, {"$or": [{"ns.coll": {"$in": list(collections)}},
                                           {"operationType": {"$in": ["dropDatabase",
                                                                      "invalidate"]}}]}]}
