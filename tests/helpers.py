@@ -92,14 +92,10 @@ async def serving(server: RealtimeServer, timeout: float = 30.0) -> AsyncIterato
         await asyncio.wait_for(task, 15)
 
 
-class LiveServer:
-    """The app on a real uvicorn server on a free loopback port, in the test's event loop."""
+class OnLoopback:
+    """A server on a loopback port: its HTTP and WebSocket URLs."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
-        self.server = make_server(self.app, settings)
-        self.port = 0
+    port: int
 
     @property
     def url(self) -> str:
@@ -108,6 +104,16 @@ class LiveServer:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+class LiveServer(OnLoopback):
+    """The app on a real uvicorn server on a free loopback port, in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.server = make_server(self.app, settings)
+        self.port = 0
 
 
 @asynccontextmanager
@@ -497,7 +503,7 @@ class Readiness:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class ServerProcess:
+class ServerProcess(OnLoopback):
     """``python -m realtime serve`` as a real subprocess."""
 
     def __init__(self, env: dict[str, str], port: int | None = None,
@@ -508,14 +514,6 @@ class ServerProcess:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self._readiness: Readiness | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
 
     def spawn(self) -> None:
         self._close_readiness()

@@ -207,30 +207,31 @@ async def test_rest_write_with_the_database_stopped_says_why_in_words(
         assert body["checks"]["feed"]["status"] in ("starting", "retrying")
 
 
+class StatusLog:
+    """An ``on_status`` callback that records what the client said."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self.told = asyncio.Event()
+
+    def __call__(self, feed: str) -> None:
+        self.said.append(feed)
+        self.told.set()
+
+
 async def test_python_client_surfaces_the_status(outage: LiveServer) -> None:
-    said: list[str] = []
-    told = asyncio.Event()
-
-    def on_status(feed: str) -> None:
-        said.append(feed)
-        told.set()
-
-    async with connect(outage.url, on_status=on_status) as client:
-        await asyncio.wait_for(told.wait(), 10)
+    log = StatusLog()
+    async with connect(outage.url, on_status=log) as client:
+        await asyncio.wait_for(log.told.wait(), 10)
         assert client.feed == "retrying"
-        assert said == ["retrying"], "never a 'live' the server did not say"
+        assert log.said == ["retrying"], "never a 'live' the server did not say"
 
 
 async def test_python_client_is_live_with_a_live_server(live: LiveServer) -> None:
-    said: list[str] = []
-    told = asyncio.Event()
-
-    def on_status(feed: str) -> None:
-        said.append(feed)
-        told.set()
-
-    async with connect(live.url, on_status=on_status) as client:
-        await asyncio.wait_for(told.wait(), 10)
+    log = StatusLog()
+    said = log.said
+    async with connect(live.url, on_status=log) as client:
+        await asyncio.wait_for(log.told.wait(), 10)
         assert client.feed == "live"
         live.app.state.services.hub.status("down")
         await until(lambda: said[-1] == "down", 10, "status down")
