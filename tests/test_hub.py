@@ -8,6 +8,7 @@ after it) and drops, per document, the held changes the snapshot reflects.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from realtime.events import Event
 from realtime.hub import Hub
 from realtime.subscription import Phase, Subscription
 from tests.helpers import change_event as change
+from tests.test_catchup import Oplog, event, history, keys, token
+from tests.test_catchup import Outlet as Recording
 
 pytestmark = pytest.mark.driver_blind
 
@@ -147,3 +150,48 @@ def test_removing_a_settling_subscription_forgets_it() -> None:
     hub.quiet(7)
     assert sub.phase is Phase.ENDED  # never taken live after removal
     assert sub.sent == []
+
+
+# -- warming the ring at start-up --------------------------------------------------------
+async def test_while_the_ring_warms_events_are_recorded_and_subscriptions_wait() -> None:
+    """A live subscription made during the warm-up starts at the warmed head: the
+    history read into the ring is there for ``since``, never sent as live."""
+    hub = Hub()
+    store = history(Oplog([]), hub)
+    hub.warming()
+    outlet = Recording()
+    hub.attach(outlet)  # type: ignore[arg-type]
+    sub = Subscription(outlet, "s", "c", {})
+    starting = asyncio.create_task(hub.start(sub, store))
+    hub.publish(event(1))
+    hub.publish(event(2))
+    await asyncio.sleep(0)
+    assert not starting.done()
+    assert outlet.messages == []
+    assert (hub.events, hub.warm_events) == (0, 2)
+    hub.warmed()
+    await starting
+    assert outlet.messages[0] == {"type": "subscribed", "sub": "s", "head": token(2)}
+    hub.publish(event(3))
+    assert outlet.keys == ["d3"]  # live from the warmed head, nothing older
+    assert hub.can_replay(token(1))
+    assert hub.events == 1
+    late = Recording()
+    hub.attach(late)  # type: ignore[arg-type]
+    await hub.start(Subscription(late, "s", "c", {}), store, since=token(1))
+    assert late.keys == keys(2, 3)
+
+
+async def test_a_connection_closed_during_the_warm_up_is_not_subscribed() -> None:
+    hub = Hub()
+    store = history(Oplog([]), hub)
+    hub.warming()
+    outlet = Recording()
+    hub.attach(outlet)  # type: ignore[arg-type]
+    starting = asyncio.create_task(hub.start(Subscription(outlet, "s", "c", {}), store))
+    await asyncio.sleep(0)
+    del hub.connections[outlet]  # type: ignore[index]  # closed: detached
+    hub.warmed()
+    await starting
+    assert hub.subscription_count() == 0
+    assert outlet.messages == []

@@ -1,9 +1,10 @@
 """storm: thousands of clients resume with one ``since`` after a server restart.
 
 A realtime server runs, is stopped, changes are written while it is down, and
-a fresh server starts; then N clients subscribe at once with the ``since`` from
-before those changes (older than the new server's ring), on a database whose
-oplog holds ≥ 50,000 entries. Measured: the time from the restart (the new
+a fresh server starts (warming its ring from the oplog); then N clients
+subscribe at once with the ``since`` from before those changes (the head of a
+stream opened then: a position, not an event id), on a database whose oplog
+holds ≥ 50,000 entries. Measured: the time from the restart (the new
 server's spawn) until every client holds every change, and each client's count
 (which must equal the changes written, exactly: none lost, none twice).
 """

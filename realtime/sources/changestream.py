@@ -110,6 +110,11 @@ class Feed:
         #: Reads of the change stream begun (numbered from 1; see Hub.settle).
         self.polls = 0
         self._invalidated = False
+        #: While warming the ring: the cluster time that ends it, and its timer.
+        self._warm_until: tuple[int, int] | None = None
+        self._warm_timer: asyncio.TimerHandle | None = None
+        #: Where the first stream starts (None: now), chosen by :meth:`_warm_start`.
+        self._start_at: tuple[int, int] | None = None
 
     def start(self) -> None:
         """Start the watcher task."""
@@ -123,6 +128,7 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._cancel_down_timer()
+        self._warmed("stopped")
         self.state = FeedState.STOPPED
 
     @property
@@ -189,11 +195,42 @@ class Feed:
             pipeline(self._settings.collections),
             resume_after=None if after_invalidate else self.token,
             start_after=self.token if after_invalidate else None,
+            start_at=self._start_at if self.token is None else None,
             max_await_time_ms=self._settings.feed_max_await_ms,
         )
 
+    async def _warm_start(self) -> None:
+        """Start the first stream ``ring_size`` oplog entries back, warming the ring.
+
+        Until the stream reaches the newest entry of now (or returns an empty
+        batch, or ``ring_warm_seconds`` pass), the hub only records events and
+        subscriptions wait: a client resuming after a restart then replays
+        from memory what was written before and while the process was down.
+        """
+        seconds = self._settings.ring_warm_seconds
+        if seconds <= 0:
+            return
+        window = await self._db.oplog_window(self._settings.ring_size)
+        if window is None:
+            return
+        self._start_at, self._warm_until = window
+        self._hub.warming()
+        self._warm_timer = asyncio.get_running_loop().call_later(
+            seconds, self._warmed, "timed out")
+
+    def _warmed(self, why: str) -> None:
+        """End the warm-up (``why``, for the log)."""
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        self._start_at = self._warm_until = None
+        if self._hub.is_warming:
+            log.info("ring warmed with %d events (%s)", self._hub.warm_events, why)
+            self._hub.warmed()
+
     async def _run(self) -> None:
         backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
+        await self._warm_start()
         while True:
             try:
                 stream = await self._open()
@@ -288,6 +325,8 @@ class Feed:
                 if token is not None and token != self.token:
                     self.token = token
                     hub.advance(str(token["_data"]))
+                if self._warm_until is not None:
+                    self._warmed("caught up")
                 hub.quiet(self.polls)
                 continue
             self.token = raw["_id"]
@@ -303,7 +342,10 @@ class Feed:
             wall = raw.get("wallTime")
             self.last_event_wall = wall.timestamp() if wall is not None else time.time()
             hub.publish(ev)
-            if wall is not None:
+            if self._warm_until is not None:
+                if ev.ct >= self._warm_until:
+                    self._warmed("reached the present")
+            elif wall is not None:
                 self.publish_latency.observe(time.time() - self.last_event_wall)
 
     def _stream_event(self, op: str, collection: str, raw: Mapping[str, Any]) -> None:
