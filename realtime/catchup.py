@@ -213,7 +213,7 @@ class DatabaseHistory:
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
         """Replay to ``subscription`` (CATCHING_UP) every change after ``since``, then live."""
-        seq = self._hub.ring.seq_of(since)
+        seq = self._hub.since_seq(since)
         if seq is not None:
             self.ring_catchups += 1
             self._from_ring(subscription, seq, since)

@@ -12,14 +12,16 @@ oplog when the ring no longer holds it); or snapshot then live (held back
 while the snapshot is read, then settled once the feed has passed the read, so
 nothing is lost or sent twice).
 
-While the feed warms the ring at start-up (:meth:`Hub.warming`), events are
-only recorded and subscriptions wait to start until it is done
-(:meth:`Hub.warmed`).
+While the feed warms the ring at start-up (:meth:`Hub.warming`), live and
+snapshot subscriptions wait to start until it is done (:meth:`Hub.warmed`), so
+they never receive that history as live; resuming ones (``since``) start at
+once, from the ring as far as it is warm, else from the oplog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
@@ -62,10 +64,14 @@ class Hub:
     """Subscriptions indexed by connection and collection, the ring of recent events, the head."""
 
     def __init__(self, ring_size: int = 10_000, *, batch_policy: BatchPolicy | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 order: Callable[[str], Any] | None = None) -> None:
+        """``order`` maps stream positions to keys that sort in stream order, so a
+        ``since`` the ring neither holds nor marked is placed among its events."""
         self._indexes: dict[str, Index] = {}
         #: The last ``ring_size`` events, for ``since``.
         self.ring = Ring(ring_size)
+        self._order = order
         #: The latest stream position (event id or post-batch token), or None.
         self.position: str | None = None
         #: Events published (fanned out), and events recorded while warming, since start.
@@ -151,10 +157,10 @@ class Hub:
         matching documents, then every change after the head without a gap
         and without sending what the snapshot shows. Otherwise: live from the
         head. A snapshot that cannot be read ends the subscription with an
-        ``error`` (code ``internal``). While the feed warms the ring, it first
-        waits for that to end.
+        ``error`` (code ``internal``). While the feed warms the ring, a live or
+        snapshot subscription first waits for that to end.
         """
-        if not self._warm.is_set():
+        if since is None and not self._warm.is_set():
             await self._warm.wait()
             conn_: Any = subscription.conn
             if subscription.phase is Phase.ENDED or conn_ not in self.connections:
@@ -163,7 +169,7 @@ class Hub:
         sub = subscription.sub
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
-            seq = self.ring.seq_of(since)
+            seq = self.since_seq(since)
             if seq is not None and self.ring.seq - seq <= REPLAY_AT_ONCE:
                 self.add(subscription)
                 self.replay(subscription, since)
@@ -238,17 +244,14 @@ class Hub:
 
     # -- events --------------------------------------------------------------------
     def publish(self, ev: Event) -> None:
-        """Record ``ev`` in the ring and deliver it to every matching subscription.
-
-        While warming, only record it.
-        """
+        """Record ``ev`` in the ring and deliver it to every matching subscription."""
         self.ring.append(ev)
         self.position = ev.id
         self.last_ct = ev.ct
-        if not self._warm.is_set():
+        if self._warm.is_set():
+            self.events += 1
+        else:
             self.warm_events += 1
-            return
-        self.events += 1
         if self._settling:
             self._settle(ev.ct)
         index = self._indexes.get(ev.collection)
@@ -273,11 +276,11 @@ class Hub:
         self.position = token
 
     def warming(self) -> None:
-        """The feed starts reading recent history into the ring: hold subscriptions back."""
+        """The feed starts reading recent history into the ring: hold live ones back."""
         self._warm.clear()
 
     def warmed(self) -> None:
-        """The ring is warm (or warming gave up): subscriptions start."""
+        """The ring is warm (or warming gave up): live subscriptions start."""
         self._warm.set()
 
     @property
@@ -292,13 +295,23 @@ class Hub:
             self.ring.mark(position)
         return position
 
+    def since_seq(self, since: str) -> int | None:
+        """The ring's number after which every event follows ``since``, if it holds them all."""
+        seq = self.ring.seq_of(since)
+        order, position = self._order, self.position
+        if seq is None and order is not None and position is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                if order(since) <= order(position):  # the feed has passed it
+                    seq = self.ring.seq_at(since, order)
+        return seq
+
     def has_event(self, event_id: str) -> bool:
         """True if the event ``event_id`` is in the ring."""
         return event_id in self.ring
 
     def can_replay(self, since: str) -> bool:
         """True if every event after ``since`` is still in the ring."""
-        return self.ring.seq_of(since) is not None
+        return self.since_seq(since) is not None
 
     def replay(self, subscription: Subscription, since: str) -> int:
         """Deliver to ``subscription`` the ring's events after ``since``, all at once.
@@ -308,7 +321,7 @@ class Hub:
         Raises:
             KeyError: ``since`` is not replayable (check :meth:`can_replay` first).
         """
-        seq = self.ring.seq_of(since)
+        seq = self.since_seq(since)
         events = None if seq is None else self.ring.after(seq)
         if events is None:
             raise KeyError(since)

@@ -3,12 +3,17 @@
 A fixed-size circular buffer. Each appended event gets the next sequence
 number (:attr:`Event.seq`); the ring finds an event's number by its id (a
 resume token), and a *mark* remembers the number for a position that is not
-an event (a post-batch token that was a client's head). Reading after a
+an event (a post-batch token that was a client's head). A position neither
+names nor marks (a head given by an earlier process) is placed among the
+events by the order of positions in the stream (:meth:`Ring.seq_at`). Reading after a
 number is O(events read), however far back it starts, so many clients
 replaying from one point do not pay for the ring's length on every read.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from realtime.events import Event
 
@@ -78,6 +83,29 @@ class Ring:
         if seq is None or seq < self.oldest - 1:
             return None
         return seq
+
+    def seq_at(self, position: str, order: Callable[[str], Any]) -> int | None:
+        """The number of the last event at or before ``position`` by ``order``.
+
+        ``order`` maps positions to keys that sort as the stream does. None
+        when the ring is empty or its oldest event comes after ``position``
+        (events between them may be gone). The caller makes sure the feed has
+        passed ``position``: events after the newest are not known yet.
+        """
+        if not len(self):
+            return None
+        key = order(position)
+        slots, size = self._slots, self._size
+        lo, hi = self.oldest, self.seq
+        if order(slots[lo % size].id) > key:  # type: ignore[union-attr]
+            return None
+        while lo <= hi:  # the first event after ``position`` is ``lo``
+            mid = (lo + hi) // 2
+            if order(slots[mid % size].id) > key:  # type: ignore[union-attr]
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        return lo - 1
 
     def after(self, seq: int, limit: int | None = None) -> list[Event] | None:
         """The events numbered after ``seq`` (at most ``limit``), oldest first.

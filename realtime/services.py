@@ -24,7 +24,7 @@ from realtime.auth import Authenticator
 from realtime.backoff import Backoff
 from realtime.catchup import DatabaseHistory
 from realtime.config import Settings
-from realtime.db import Database
+from realtime.db import Database, token_order
 from realtime.embedded import DataDirLock, EmbeddedServer
 from realtime.hub import Hub
 from realtime.limits import Limits
@@ -94,7 +94,7 @@ async def running(settings: Settings, auth: Authenticator,
             raise
         uri = embedded.uri
     db = Database(settings, uri)
-    hub = Hub(settings.ring_size)
+    hub = Hub(settings.ring_size, order=token_order)
     feed = Feed(db, hub, settings)
     history = DatabaseHistory(db, hub, settings, lambda: feed.polls)
     services = Services(settings=settings, db=db, store=Store(db, settings), hub=hub,

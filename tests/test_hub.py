@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from realtime.db import token_order
 from realtime.events import Event
 from realtime.hub import Hub
 from realtime.subscription import Phase, Subscription
@@ -195,3 +196,31 @@ async def test_a_connection_closed_during_the_warm_up_is_not_subscribed() -> Non
     await starting
     assert hub.subscription_count() == 0
     assert outlet.messages == []
+
+
+def test_a_since_the_ring_neither_holds_nor_marked_is_placed_by_stream_order() -> None:
+    """A head an earlier process gave (a post-batch token) resumes from the ring."""
+    hub = Hub(order=token_order)
+    for n in (2, 4, 6):
+        hub.publish(event(n))
+    assert hub.since_seq(token(3)) == 1  # after d2
+    assert hub.since_seq(token(7)) is None  # the feed has not passed it yet
+    hub.advance(token(9))  # a post-batch token: it has
+    assert hub.since_seq(token(7)) == 3
+    assert Hub().since_seq(token(3)) is None  # without an order: unknown
+
+
+async def test_a_resuming_subscription_does_not_wait_for_the_warm_up() -> None:
+    hub = Hub(order=token_order)
+    store = history(Oplog([]), hub)
+    hub.warming()
+    for n in range(1, 6):
+        hub.publish(event(n))
+    outlet = Recording()
+    hub.attach(outlet)  # type: ignore[arg-type]
+    await hub.start(Subscription(outlet, "s", "c", {}), store, since=token(2))
+    for n in range(6, 9):
+        hub.publish(event(n))  # still warming: delivered to it all the same
+    hub.warmed()
+    hub.publish(event(9))
+    assert outlet.keys == keys(3, 9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from realtime.db import token_order
 from realtime.ring import Ring
 from tests.test_catchup import event, token
 
@@ -82,3 +83,14 @@ def test_the_same_event_twice_keeps_its_latest_number() -> None:
 def test_a_ring_holds_at_least_one_event() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Ring(0)
+
+
+def test_a_position_that_is_no_event_is_placed_by_stream_order() -> None:
+    ring = Ring(4)
+    for n in (2, 4, 6, 8, 10, 12):
+        ring.append(event(n))  # d2, d4 left: d6 (number 3) .. d12 (number 6)
+    assert ring.seq_at(token(7), token_order) == 3  # after d6: d8 on follow
+    assert ring.seq_at(token(6), token_order) == 3
+    assert ring.seq_at(token(13), token_order) == 6
+    assert ring.seq_at(token(5), token_order) is None  # d4 or others may be gone
+    assert Ring(4).seq_at(token(1), token_order) is None
