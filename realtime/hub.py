@@ -12,10 +12,11 @@ oplog when the ring no longer holds it); or snapshot then live (held back
 while the snapshot is read, then settled once the feed has passed the read, so
 nothing is lost or sent twice).
 
-While the feed warms the ring at start-up (:meth:`Hub.warming`), live and
-snapshot subscriptions wait to start until it is done (:meth:`Hub.warmed`), so
-they never receive that history as live; resuming ones (``since``) start at
-once, from the ring as far as it is warm, else from the oplog.
+While the feed warms the ring at start-up (:meth:`Hub.warming`),
+subscriptions wait to start until it is done (:meth:`Hub.warmed`): a live or
+snapshot one would otherwise receive that history as live, and a resuming one
+caught up from the oplog meanwhile would hold every event the warm-up reads
+(thousands, read faster than sent) until its backlog bound closed it.
 """
 
 from __future__ import annotations
@@ -157,10 +158,10 @@ class Hub:
         matching documents, then every change after the head without a gap
         and without sending what the snapshot shows. Otherwise: live from the
         head. A snapshot that cannot be read ends the subscription with an
-        ``error`` (code ``internal``). While the feed warms the ring, a live or
-        snapshot subscription first waits for that to end.
+        ``error`` (code ``internal``). While the feed warms the ring, it first
+        waits for that to end.
         """
-        if since is None and not self._warm.is_set():
+        if not self._warm.is_set():
             await self._warm.wait()
             conn_: Any = subscription.conn
             if subscription.phase is Phase.ENDED or conn_ not in self.connections:
@@ -276,11 +277,11 @@ class Hub:
         self.position = token
 
     def warming(self) -> None:
-        """The feed starts reading recent history into the ring: hold live ones back."""
+        """The feed starts reading recent history into the ring: hold subscriptions back."""
         self._warm.clear()
 
     def warmed(self) -> None:
-        """The ring is warm (or warming gave up): live subscriptions start."""
+        """The ring is warm (or warming gave up): subscriptions start."""
         self._warm.set()
 
     @property

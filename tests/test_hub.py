@@ -210,17 +210,21 @@ def test_a_since_the_ring_neither_holds_nor_marked_is_placed_by_stream_order() -
     assert Hub().since_seq(token(3)) is None  # without an order: unknown
 
 
-async def test_a_resuming_subscription_does_not_wait_for_the_warm_up() -> None:
+async def test_a_resuming_subscription_waits_for_the_warm_up_then_replays_the_ring() -> None:
     hub = Hub(order=token_order)
     store = history(Oplog([]), hub)
     hub.warming()
-    for n in range(1, 6):
-        hub.publish(event(n))
     outlet = Recording()
     hub.attach(outlet)  # type: ignore[arg-type]
-    await hub.start(Subscription(outlet, "s", "c", {}), store, since=token(2))
-    for n in range(6, 9):
-        hub.publish(event(n))  # still warming: delivered to it all the same
+    sub = Subscription(outlet, "s", "c", {})
+    starting = asyncio.create_task(hub.start(sub, store, since=token(2)))
+    for n in range(1, 9):
+        hub.publish(event(n))
+        await asyncio.sleep(0)
+    assert not starting.done()
+    assert outlet.messages == []
     hub.warmed()
+    await starting
     hub.publish(event(9))
     assert outlet.keys == keys(3, 9)
+    assert store.catchups == 0  # from the warmed ring

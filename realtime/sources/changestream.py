@@ -304,6 +304,7 @@ class Feed:
         log.error("change stream history lost (%s); restarting from now", exc)
         self.restarts += 1
         self.token = None
+        self._warmed("history lost")  # and start at now, not at the warm-up's start
         self._hub.resync("history_lost")
 
     async def _pump(self, stream: ChangeStream) -> None:
