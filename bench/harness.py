@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCH_DIR",
+    "NODE_PEER",
     "PAD",
     "RESULTS",
     "SAMPLED_CONNECTIONS",
@@ -49,12 +50,14 @@ __all__ = [
     "Load",
     "LoadReport",
     "Options",
+    "PacedInserter",
     "RestWriter",
     "Runs",
     "Stack",
     "WriteLog",
     "default_driver",
     "insert_floor",
+    "install_node_peer",
     "latency_stats",
     "load_average",
     "ms",
@@ -112,6 +115,8 @@ class Options:
     sizes: tuple[int, ...] | None = None
     #: Rounds of the drivers scenario (None: 1 quick, 3 full).
     rounds: int | None = None
+    #: The part of the latency scenario to run: "peer", "rest" (None: both).
+    part: str | None = None
     #: Environment for every realtime server (e.g. ``{"REALTIME_DRIVER": "pymongo"}``).
     server_env: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
@@ -473,6 +478,28 @@ class Stack:
         await _wait_port(child, 60)
         return child
 
+    async def node_peer(self, uri: str, database: str) -> Child:
+        """Start the Node.js peer (``bench/peers/node/server.js``), installed with ``npm ci``.
+
+        Raises:
+            BenchError: node or npm is missing, ``npm ci`` failed, or the peer did not start.
+        """
+        from realtime.embedded import free_port
+
+        node = shutil.which("node")
+        if node is None:
+            raise BenchError("the Node.js peer needs node (and npm) on PATH")
+        await install_node_peer()
+        port = free_port()
+        child = Child(f"node-{port}", [node, str(NODE_PEER / "server.js"), str(port), uri,
+                                       database], log_dir=self.dir, port=port)
+        await child.start()
+        self.on_stop(child.stop)
+        answer = await child.recv(60)
+        if answer.get("event") != "listening":
+            raise BenchError(f"the Node.js peer said {answer}")
+        return child
+
     async def broadcast(self) -> Child:
         """Start ``bench/broadcast_server.py`` (the bare websockets.broadcast baseline)."""
         from realtime.embedded import free_port
@@ -487,6 +514,33 @@ class Stack:
         if answer.get("event") != "listening":
             raise BenchError(f"broadcast server said {answer}")
         return child
+
+
+#: The Node.js peer of the latency scenario (package.json, its lock file, server.js).
+NODE_PEER = BENCH_DIR / "peers" / "node"
+
+
+async def install_node_peer() -> None:
+    """``npm ci`` the Node.js peer's dependencies unless the lock file's are installed.
+
+    Raises:
+        BenchError: npm is missing or ``npm ci`` failed.
+    """
+    lock = NODE_PEER / "package-lock.json"
+    stamp = NODE_PEER / "node_modules" / ".installed"
+    if stamp.exists() and stamp.read_bytes() == lock.read_bytes():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BenchError("the Node.js peer needs npm on PATH (to run npm ci)")
+    proc = await asyncio.create_subprocess_exec(
+        npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error",
+        cwd=NODE_PEER, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise BenchError("npm ci of the Node.js peer failed: "
+                         + out.decode(errors="replace")[-500:])
+    stamp.write_bytes(lock.read_bytes())
 
 
 # ---------------------------------------------------------------------------
@@ -882,6 +936,63 @@ class DbWriter:
             for i in range(done, done + n):
                 log.acked[first_seq + i] = acked
             done += n
+        log.finished_ns = time.monotonic_ns()
+        return log
+
+
+class PacedInserter:
+    """``insert_one`` straight into the database, each write at its scheduled time.
+
+    The writer of the latency scenario's direct mode: every server under test
+    gets the same inserts at the same pace, so only the fan-out differs. Open
+    loop like :class:`RestWriter` (up to ``concurrency`` inserts in flight).
+    """
+
+    def __init__(self, uri: str, database: str, collection: str,
+                 concurrency: int = 8) -> None:
+        from realtime.config import Settings
+        from realtime.db import Database
+
+        self.db = Database(Settings(mongodb_uri=uri, database=database), uri)
+        self.collection = self.db.collection(collection)
+        self.concurrency = concurrency
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self.db.close()
+
+    async def run(self, count: int, rate: float, first_seq: int = 0) -> WriteLog:
+        """Insert ``count`` documents at ``rate`` per second; return the log."""
+        log = WriteLog()
+        free = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        log.started_ns = time.monotonic_ns()
+
+        async def one(seq: int) -> None:
+            t = time.monotonic_ns()
+            log.sent[seq] = t
+            try:
+                await self.collection.insert_one(document(seq, t))
+            except Exception:
+                log.failures += 1
+                return
+            finally:
+                free.release()
+            log.acked[seq] = time.monotonic_ns()
+
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                log.max_late_ms = max(log.max_late_ms, -delay * 1000)
+            await free.acquire()
+            task = asyncio.get_running_loop().create_task(one(first_seq + i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
         log.finished_ns = time.monotonic_ns()
         return log
 
