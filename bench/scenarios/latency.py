@@ -17,6 +17,7 @@ default driver over the whole grid, and the other driver (motor vs pymongo) at
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,10 @@ async def run(opts: Options) -> dict[str, Any]:
     """Run the scenario; return (and write) its report."""
     runs: Runs = []
     if opts.part != "rest":
-        await _against_peer(opts, runs)
+        if opts.quick and shutil.which("node") is None:
+            opts.log("latency: node is not installed; the quick run skips the Node.js peer")
+        else:
+            await _against_peer(opts, runs)
     if opts.part != "peer":
         await _through_rest(opts, runs)
     driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
