@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
                    help="latency: only the comparison with the Node.js peer, or only "
                         "the REST grid [both]")
     p.add_argument("--rounds", type=_count, metavar="N",
-                   help="rounds of the drivers scenario [3; 1 with --quick]")
+                   help="rounds of the drivers scenario and of the latency scenario's "
+                        "comparison with the Node.js peer [3; 1 with --quick]")
     return p
 
 

@@ -17,7 +17,9 @@ default driver over the whole grid, and the other driver (motor vs pymongo) at
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
+import statistics
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,34 +69,43 @@ async def run(opts: Options) -> dict[str, Any]:
 
 
 async def _against_peer(opts: Options, runs: Runs) -> None:
-    """realtime (both drivers) and the Node.js peer at each of :data:`PEER_LOADS`."""
+    """realtime (both drivers) and the Node.js peer at each of :data:`PEER_LOADS`.
+
+    ``opts.rounds`` rounds (3; 1 quick), each load on a fresh database; who goes
+    first alternates between loads and rounds. The table shows the medians.
+    """
     if opts.quick:
         loads: tuple[tuple[int, int], ...] = ((opts.sizes or (20,))[0], 100),
     else:
         loads = tuple(load for load in PEER_LOADS if not opts.sizes or load[0] in opts.sizes)
+    rounds = opts.rounds or (1 if opts.quick else 3)
     driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
     servers = [f"realtime-{driver}", f"realtime-{other_driver(driver)}", "node"]
     if opts.quick:
         servers = [f"realtime-{driver}", "node"]
     stack = Stack(opts)
     try:
-        for turn, (n, rate) in enumerate(loads):
-            db = await stack.database()
-            database = f"bench_{uuid.uuid4().hex[:8]}"
-            # Alternate who goes first: the database slows as its oplog grows.
-            order = servers if turn % 2 == 0 else servers[::-1]
-            measured: Runs = []
-            for name in order:
-                measured.append(await _direct(opts, stack, db, database, name, n, rate))
-            peer = next(r for r in measured if r["server"] == "node")
-            for r in measured:
-                if r is not peer:
-                    r["ratio_to_peer"] = _ratios(r, peer)
-                    opts.log(f"latency {r['server']} ÷ node at {n} x {rate}/s: "
-                             f"p50 {fmt(r['ratio_to_peer']['p50'], 2)}, "
-                             f"p99 {fmt(r['ratio_to_peer']['p99'], 2)}")
-            runs.extend(sorted(measured, key=lambda r: servers.index(r["server"])))
-            await asyncio.to_thread(db.stop)
+        for r in range(rounds):
+            for turn, (n, rate) in enumerate(loads):
+                db = await stack.database()
+                database = f"bench_{uuid.uuid4().hex[:8]}"
+                # Alternate who goes first: the database slows as its oplog grows.
+                order = servers if (turn + r) % 2 == 0 else servers[::-1]
+                measured: Runs = []
+                for name in order:
+                    profile = opts.profile and r == 0
+                    one = await _direct(opts, stack, db, database, name, n, rate, profile)
+                    one["round"] = r + 1
+                    measured.append(one)
+                peer = next(m for m in measured if m["server"] == "node")
+                for m in measured:
+                    if m is not peer:
+                        m["ratio_to_peer"] = _ratios(m, peer)
+                        opts.log(f"latency round {r + 1} {m['server']} ÷ node at {n} x {rate}/s:"
+                                 f" p50 {fmt(m['ratio_to_peer']['p50'], 2)}, "
+                                 f"p99 {fmt(m['ratio_to_peer']['p99'], 2)}")
+                runs.extend(sorted(measured, key=lambda m: servers.index(m["server"])))
+                await asyncio.to_thread(db.stop)
     finally:
         await stack.close()
 
@@ -107,8 +118,45 @@ def _ratios(mine: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | Non
     return ratios
 
 
+def peer_medians(runs: Runs) -> Runs:
+    """Per load and server, the median percentiles over the rounds, and realtime ÷ peer.
+
+    A percentile not received in some round (None) counts as infinitely late.
+    """
+    groups: dict[tuple[int, int, str], Runs] = {}
+    for r in runs:
+        if r.get("mode") == "direct":
+            groups.setdefault((r["subscribers"], r["rate"], r["server"]), []).append(r)
+    rows: Runs = []
+    for (n, rate, server), mine in groups.items():
+        lat: dict[str, float | None] = {}
+        for key in ("p50", "p90", "p99", "max"):
+            values = [m["sent_to_received_ms"][key] for m in mine]
+            ordered = sorted(v if v is not None else math.inf for v in values)
+            middle = statistics.median(ordered)
+            lat[key] = None if math.isinf(middle) else round(middle, 3)
+        rows.append({"subscribers": n, "rate": rate, "server": server, "rounds": len(mine),
+                     "sent_to_received_ms": lat,
+                     "delivered": sum(m["delivered"] for m in mine),
+                     "expected": sum(m["expected"] for m in mine),
+                     "frames_per_read": statistics.median(
+                         [m.get("frames_per_read") or 0.0 for m in mine]),
+                     "server_cores": statistics.median(m["cpu"]["cores"]["server"]
+                                                       for m in mine),
+                     "client_cores": statistics.median(sum(m["client_cores"]) for m in mine),
+                     "client_saturated": any(m["client_saturated"] for m in mine),
+                     "other_cores": statistics.median(m["cpu"]["other_cores"] for m in mine)})
+    for row in rows:
+        peer = next((p for p in rows if p["server"] == "node"
+                     and (p["subscribers"], p["rate"]) == (row["subscribers"], row["rate"])),
+                    None)
+        if peer is not None and row is not peer:
+            row["ratio_to_peer"] = _ratios(row, peer)
+    return rows
+
+
 async def _direct(opts: Options, stack: Stack, db: Any, database: str, name: str, n: int,
-                  rate: int) -> dict[str, Any]:
+                  rate: int, profile: bool) -> dict[str, Any]:
     """One server at ``n`` subscribers x ``rate`` inserts/s straight into the database."""
     collection = f"peer{n}x{rate}{name.replace('-', '')}"
     if name == "node":
@@ -135,7 +183,7 @@ async def _direct(opts: Options, stack: Stack, db: Any, database: str, name: str
         complete = await load.wait(expected, 20 + duration, idle=10)
         cpu = window.stop()
         got = await load.report()
-        if opts.profile and not opts.quick and name.startswith("realtime") and n == 500:
+        if profile and not opts.quick and name.startswith("realtime") and n == 500:
             # A repeat of the same load, profiled outside the measured window.
             await load.settle(quiet=0.3)
             profiling = asyncio.ensure_future(profile_server(
@@ -276,9 +324,10 @@ def _rest_runs(runs: Runs) -> Runs:
 
 def peer_table(runs: Runs) -> str:
     """The comparison with the Node.js peer (direct inserts), with realtime ÷ peer."""
-    direct = _direct_runs(runs)
+    direct = peer_medians(runs)
     if not direct:
         return ""
+    rounds = max(r["rounds"] for r in direct)
     lines = ["## Against the Node.js peer (inserts straight into the database)", "",
              "Insert sent → change received by the subscriber (sampled connections). The "
              "runner inserts into a fresh SecantusDB at the given pace; realtime on each "
@@ -286,7 +335,9 @@ def peer_table(runs: Runs) -> str:
              "one change stream, `JSON.stringify` once, a send to every socket) serve the "
              "same subscribers one after the other, in alternating order, with the same load "
              "client. **÷ node** is realtime's percentile over the peer's at the same load in "
-             "the same run (≤ 1.00: at or below the peer's).", "",
+             f"the same run (≤ 1.00: at or below the peer's). Medians over {rounds} "
+             "round(s), each load on a fresh database (every round's figures are in the "
+             "JSON); CPU columns: medians too.", "",
              "| load (subs x writes/s) | server | p50 ms | p90 ms | p99 ms | max ms "
              "| p50 ÷ node | p99 ÷ node | delivered / expected | frames/read "
              "| server cores | client cores | other load (cores) |",
@@ -299,9 +350,9 @@ def peer_table(runs: Runs) -> str:
             f"| {fmt(lat['p50'], 2)} | {fmt(lat['p90'], 2)} | {fmt(lat['p99'], 2)} "
             f"| {fmt(lat['max'], 1)} | {fmt(ratio.get('p50'), 2)} | {fmt(ratio.get('p99'), 2)} "
             f"| {r['delivered']:,} / {r['expected']:,} | {fmt(r.get('frames_per_read'), 2)} "
-            f"| {r['cpu']['cores']['server']:.2f} "
-            f"| {sum(r['client_cores']):.2f}{' (saturated)' if r['client_saturated'] else ''} "
-            f"| {r['cpu']['other_cores']:.2f} |")
+            f"| {r['server_cores']:.2f} "
+            f"| {r['client_cores']:.2f}{' (saturated)' if r['client_saturated'] else ''} "
+            f"| {r['other_cores']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -383,8 +434,8 @@ def chart(runs: Runs, path: Path) -> None:
 
 
 def peer_panel(ax: Any, runs: Runs) -> None:
-    """p50 and p99 of each server at each load against the peer (direct inserts)."""
-    direct = _direct_runs(runs)
+    """p50 and p99 of each server at each load against the peer (medians over rounds)."""
+    direct = peer_medians(runs)
     loads = list(dict.fromkeys((r["subscribers"], r["rate"]) for r in direct))
     servers = list(dict.fromkeys(r["server"] for r in direct))
     width = 0.8 / max(len(servers), 1)
@@ -407,7 +458,7 @@ def peer_panel(ax: Any, runs: Runs) -> None:
 def summary(runs: Runs) -> list[Row]:
     """realtime ÷ the peer at each load, and the REST runs at 100 writes/s."""
     rows: list[Row] = []
-    for r in _direct_runs(runs):
+    for r in peer_medians(runs):
         ratio = r.get("ratio_to_peer")
         if ratio:
             rows.append((f"latency ÷ Node.js peer, {r['subscribers']:,} x {r['rate']}/s "
