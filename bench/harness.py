@@ -69,6 +69,7 @@ __all__ = [
     "raise_fd_limit",
     "spread",
     "summarise_profile",
+    "wait_ready",
 ]
 
 #: This directory: the helpers run as subprocesses live here.
@@ -412,6 +413,21 @@ async def _http_get(port: int, path: str) -> int:
             await writer.wait_closed()
 
 
+async def wait_ready(child: Child, timeout: float = 60.0) -> None:
+    """Wait until the realtime server ``child`` answers ``/readyz`` with 200.
+
+    Raises:
+        BenchError: it exited, or was not ready within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while await _http_get(child.port, "/readyz") != 200:
+        if child.proc is not None and child.proc.returncode is not None:
+            raise BenchError(f"{child.name} exited ({child.proc.returncode}): {child.tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} was not ready in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 class Stack:
     """Children and servers started by a scenario, stopped in reverse order."""
 
@@ -456,13 +472,7 @@ class Stack:
                       stop_timeout=10.0, port=port)
         await child.start()
         self.on_stop(child.stop)
-        deadline = time.monotonic() + 60
-        while await _http_get(port, "/readyz") != 200:
-            if child.proc is not None and child.proc.returncode is not None:
-                raise BenchError(f"realtime exited ({child.proc.returncode}): {child.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError("realtime was not ready in 60 s")
-            await asyncio.sleep(0.05)
+        await wait_ready(child)
         return child
 
     async def naive(self, uri: str, database: str) -> Child:
