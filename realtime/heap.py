@@ -32,7 +32,8 @@ def settled_heap(young_threshold: int = YOUNG_THRESHOLD) -> Iterator[None]:
     again) and the thresholds are what they were.
     """
     before = gc.get_threshold()
-    gc.collect()  # garbage of start-up is not frozen for ever
+    # (No collection first: it would take as long as the pause this avoids, between
+    # the feed going live and the server listening; start-up leaves little garbage.)
     gc.freeze()
     gc.set_threshold(young_threshold, *before[1:])
     try:
