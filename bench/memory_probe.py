@@ -21,6 +21,21 @@ from typing import Any
 import orjson
 
 
+def _where(filename: str, lineno: int) -> str:
+    """``filename:lineno`` without this machine's directories."""
+    for marker in ("site-packages/", "/realtime/", "/python3."):
+        at = filename.rfind(marker)
+        if at >= 0:
+            if marker == "/python3.":  # the standard library: from after the version
+                filename = filename[filename.index("/", at + 1) + 1:]
+            elif marker == "/realtime/":
+                filename = filename[at + 1:]
+            else:
+                filename = filename[at + len(marker):]
+            break
+    return f"{filename}:{lineno}"
+
+
 def _answer(message: dict[str, Any]) -> None:
     sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
     sys.stdout.flush()
@@ -38,7 +53,7 @@ def _commands() -> None:
             now = tracemalloc.take_snapshot()
             stats = now.compare_to(base, "lineno")
             total = sum(s.size_diff for s in stats)
-            top = [{"where": f"{s.traceback[0].filename}:{s.traceback[0].lineno}",
+            top = [{"where": _where(s.traceback[0].filename, s.traceback[0].lineno),
                     "bytes_per_connection": round(s.size_diff / n, 1),
                     "blocks_per_connection": round(s.count_diff / n, 2)}
                    for s in stats[:int(command.get("top", 25))]]

@@ -468,10 +468,10 @@ def summary(runs: Runs) -> list[Row]:
     for r in _rest_runs(runs):
         if r["rate"] == 100:
             s = r["sent_to_received_ms"]
-            rows.append((f"latency, {r['subscribers']:,} subs x 100 writes/s "
+            rows.append((f"latency through REST, {r['subscribers']:,} subs x 100 writes/s "
                          f"({r.get('driver', '')})",
                          f"p50 {fmt(s['p50'], 1)} ms, p99 {fmt(s['p99'], 1)} ms",
-                         "p50 and p99 at or below the Node `ws` peer's, same run"))
+                         "— (against the peer: the rows above)"))
     return rows
 
 
