@@ -54,6 +54,29 @@ async def test_latency_quick(tmp_path: Path) -> None:
         assert run["delivered"] == run["expected"] == run["writes"] * run["subscribers"]
         assert run["missing_sampled"] == 0
         assert run["sent_to_received_ms"]["count"] > 0
+    assert {r["mode"] for r in data["runs"]} >= {"rest"}
+    if shutil.which("node") is not None:  # the Node.js peer, side by side with realtime
+        direct = [r for r in data["runs"] if r["mode"] == "direct"]
+        assert {r["server"] for r in direct} == {"node", f"realtime-{data['default_driver']}"}
+        mine = next(r for r in direct if r["server"] != "node")
+        assert set(mine["ratio_to_peer"]) == {"p50", "p90", "p99"}
+        assert "÷ node" in (tmp_path / "latency.md").read_text()
+
+
+async def test_ingest_quick(tmp_path: Path) -> None:
+    """Every subscription count on both drivers, each match counted."""
+    data = await quick("ingest", tmp_path)
+    runs = data["runs"]
+    assert {(r["driver"], r["subscriptions"]) for r in runs} == {
+        (d, n) for d in ("motor", "pymongo") for n in (0, 50)}
+    for run in runs:
+        assert run["events_per_s"] > 0
+        if run["subscriptions"] == 0:
+            assert run["messages"] == 0
+        else:  # 0.1 % of keys per filter: the recorded events' keys decide the matches
+            assert run["messages"] > 0
+        if run["filters"] == "indexed":
+            assert run["from_database_events_per_s"] > 0
 
 
 async def test_fanout_quick(tmp_path: Path) -> None:

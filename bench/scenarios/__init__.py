@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import Options
 from bench.report import Renderer
-from bench.scenarios import drivers, fanout, filters, idle, latency, naive, storm
+from bench.scenarios import drivers, fanout, filters, idle, ingest, latency, naive, storm
 
 __all__ = ["SCENARIOS", "Scenario", "renderers"]
 
@@ -38,6 +38,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              fanout.run, fanout.RENDER),
     Scenario("filters", "distinct range filters: matching cost and event rate",
              filters.run, filters.RENDER),
+    Scenario("ingest", "events/s one process's feed takes and matches (recorded events)",
+             ingest.run, ingest.RENDER),
     Scenario("idle", "idle subscribers: memory, subscribe time, heartbeat CPU",
              idle.run, idle.RENDER),
     Scenario("naive", "vs one change stream per WebSocket (bench/naive_server.py)",
