@@ -618,6 +618,9 @@ def tail(
     collection: Annotated[str, typer.Argument(help="Collection to watch.")],
     filter: Annotated[str | None, typer.Option("--filter", help="JSON filter.")] = None,
     since: Annotated[str | None, typer.Option(help="Resume after this event id.")] = None,
+    since_time: Annotated[str | None, typer.Option(
+        "--since-time", help="Replay the changes committed from this RFC 3339 time "
+                             "(e.g. 2026-01-01T09:00:00Z), then follow live.")] = None,
     snapshot: Annotated[bool, typer.Option(
         "--snapshot", help="Print the matching documents first.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -637,9 +640,18 @@ def tail(
     import asyncio
 
     filter_ = _parse_json(filter, "--filter") if filter is not None else None
+    if since_time is not None:
+        from realtime.protocol import parse_time
+
+        try:
+            parse_time(since_time)
+        except ValueError as exc:
+            _fail(f"--since-time is {exc}", 2)
+        if since is not None or snapshot:
+            _fail("--since-time excludes --since and --snapshot", 2)
     try:
         code = asyncio.run(_tail(collection, filter_, since, snapshot, json_out, max_delay,
-                                 url, token))
+                                 url, token, since_time=since_time))
     except KeyboardInterrupt:
         code = 130
     if code:
@@ -648,7 +660,7 @@ def tail(
 
 async def _tail(collection: str, filter: dict[str, Any] | None, since: str | None,
                 snapshot: bool, json_out: bool, max_delay: float, url: str,
-                token: str | None) -> int:
+                token: str | None, *, since_time: str | None = None) -> int:
     """The body of ``tail``; returns the exit code (SIGTERM ends it with 0)."""
     import asyncio
 
@@ -712,7 +724,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         async with connect(url, token=token, on_state=on_state, on_status=on_status,
                            delay=lambda n: backoff_delay(n, maximum=max_delay)) as client, \
                 client.subscribe(collection, filter=filter, snapshot=snapshot,
-                                 since=since) as sub:
+                                 since=since, since_time=since_time) as sub:
             async for event in sub:
                 if isinstance(event, Subscribed):
                     head = event.head or "none"

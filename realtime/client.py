@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
 from collections import deque
@@ -358,13 +359,16 @@ class Subscription:
     """
 
     def __init__(self, client: Client, collection: str, *, filter: Mapping[str, Any] | None,
-                 snapshot: bool, limit: int | None, since: str | None, max_queue: int) -> None:
+                 snapshot: bool, limit: int | None, since: str | None, max_queue: int,
+                 since_time: str | None = None) -> None:
         self.collection = collection
         self.filter = dict(filter) if filter else None
         self.snapshot = snapshot
         self.limit = limit
         #: The resume position: the last event id received, or the live head.
         self.since = since
+        #: Replay from this RFC 3339 time until the first change gives a position.
+        self.since_time = since_time
         self._client = client
         self._items: deque[Event] = deque()
         self._max = max_queue
@@ -551,21 +555,29 @@ class Client:
         limit: int | None = None,
         since: str | None = None,
         max_queue: int | None = None,
+        since_time: str | dt.datetime | None = None,
     ) -> Subscription:
         """Start a live query on ``collection``; iterate the result for events.
 
         ``filter`` is in the service's filter language; ``snapshot`` starts with a
         :class:`Snapshot` of at most ``limit`` matching documents; ``since``
-        resumes after that event id instead. The subscription is sent at once if
-        connected, else as soon as the client connects.
+        resumes after that event id instead; ``since_time`` (an aware datetime
+        or an RFC 3339 string) replays every change committed from then on, then
+        goes live. The subscription is sent at once if connected, else as soon as
+        the client connects.
 
         Raises:
             ClientError: the client is closed.
+            ValueError: ``since_time`` is a naive datetime, or combined with
+                ``since`` or ``snapshot``.
         """
         if self.state is ConnectionState.CLOSED:
             raise ClientError("the client is closed")
+        if since_time is not None and (since is not None or snapshot):
+            raise ValueError("since_time excludes since and snapshot")
         sub = Subscription(self, collection, filter=filter, snapshot=snapshot, limit=limit,
-                           since=since, max_queue=max_queue or self._max_queue)
+                           since=since, max_queue=max_queue or self._max_queue,
+                           since_time=_rfc3339(since_time))
         self._subs.append(sub)
         if self.state is ConnectionState.OPEN:
             self._send_subscribe(sub, reload=False)
@@ -726,7 +738,7 @@ class Client:
         self._wire.clear()
         self._set_state(ConnectionState.OPEN)
         for sub in self._subs:
-            if sub.since is None and sub._ever_subscribed:
+            if sub.since is None and sub.since_time is None and sub._ever_subscribed:
                 await sub._put(Reset("no_position"))
                 self._send_subscribe(sub, reload=True)
             else:
@@ -773,6 +785,10 @@ class Client:
             message["limit"] = sub.limit
         if sub.since is not None:
             message["since"] = sub.since
+            sub._awaiting_snapshot = False
+            sub._resumed = True
+        elif sub.since_time is not None:
+            message["since_time"] = sub.since_time
             sub._awaiting_snapshot = False
             sub._resumed = True
         else:
@@ -831,6 +847,7 @@ class Client:
                                     head=message.get("head"), reload=sub._reload))
         elif kind == "change":
             sub.since = message["id"]
+            sub.since_time = None
             await sub._put(Change(
                 op=message["op"], collection=message.get("collection", sub.collection),
                 key=message.get("key"), id=message["id"], ts=message.get("ts", ""),
@@ -841,7 +858,7 @@ class Client:
             # The server cannot resume: drop this wire id and reload with a snapshot.
             del self._wire[wire]
             self._send({"op": "unsubscribe", "sub": wire})
-            sub.since = None
+            sub.since = sub.since_time = None
             await sub._put(Reset(str(message.get("reason", "history_lost"))))
             if not sub.closed and self._ws is not None:
                 self._send_subscribe(sub, reload=True)
@@ -851,6 +868,19 @@ class Client:
             if sub in self._subs:
                 self._subs.remove(sub)
             sub._finish(SubscriptionError(str(message.get("code")), str(message.get("message"))))
+
+
+def _rfc3339(when: str | dt.datetime | None) -> str | None:
+    """``since_time`` as the protocol sends it.
+
+    Raises:
+        ValueError: a naive datetime (its time zone is unknown).
+    """
+    if when is None or isinstance(when, str):
+        return when
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("since_time must be an aware datetime (with a time zone)")
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def connect(

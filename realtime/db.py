@@ -531,12 +531,15 @@ class Database:
         *,
         resume_after: Mapping[str, Any] | None = None,
         start_after: Mapping[str, Any] | None = None,
+        start_at_operation_time: tuple[int, int] | None = None,
         max_await_time_ms: int | None = None,
         batch_size: int | None = None,
     ) -> ChangeStream:
         """Open a change stream on the database.
 
         Full documents come by ``updateLookup`` and pre-images when available.
+        ``start_at_operation_time`` (a cluster time ``(seconds, increment)``)
+        starts at the first change committed at or after it.
 
         Raises:
             DatabaseUnavailable, HistoryLost
@@ -546,6 +549,8 @@ class Database:
             full_document_before_change="whenAvailable",
             resume_after=resume_after,
             start_after=start_after,
+            start_at_operation_time=(None if start_at_operation_time is None
+                                     else Timestamp(*start_at_operation_time)),
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
         )

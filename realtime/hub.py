@@ -14,6 +14,7 @@ the read, so nothing is lost or sent twice).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,9 @@ class History(Protocol):
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
         """Replay the oplog after ``since`` to ``subscription`` (CATCHING_UP), then live."""
+
+    def replay_from(self, subscription: Subscription, when: dt.datetime) -> None:
+        """Replay the oplog from ``when`` on to ``subscription`` (CATCHING_UP), then live."""
 
 
 class Hub:
@@ -131,11 +135,13 @@ class Hub:
             del subs[subscription.sub]
 
     async def start(self, subscription: Subscription, history: History, *,
-                    since: str | None = None, snapshot: bool = False, limit: int = 0) -> None:
-        """Answer ``subscribe`` and start routing to ``subscription``, one of three ways.
+                    since: str | None = None, snapshot: bool = False, limit: int = 0,
+                    since_time: dt.datetime | None = None) -> None:
+        """Answer ``subscribe`` and start routing to ``subscription``, one of four ways.
 
         With ``since``: every event after it, from the ring or else caught up
-        from the oplog by ``history``. With ``snapshot``: the ``limit`` first
+        from the oplog by ``history``. With ``since_time``: every event committed
+        at or after it, caught up from the oplog. With ``snapshot``: the ``limit`` first
         matching documents, then every change after the head without a gap
         and without sending what the snapshot shows. Otherwise: live from the
         head. A snapshot that cannot be read ends the subscription with an
@@ -143,6 +149,12 @@ class Hub:
         """
         conn = subscription.conn
         sub = subscription.sub
+        if since_time is not None:
+            conn.send(protocol.render_subscribed(sub, self.head()))
+            subscription.catch_up()  # live events held back meanwhile
+            self.add(subscription)
+            history.replay_from(subscription, since_time)
+            return
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
             if self.can_replay(since):

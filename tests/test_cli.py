@@ -168,6 +168,9 @@ def test_every_argument_and_option_has_help() -> None:
     (("put", "orders", "[1]"), "the document must be a JSON object"),
     (("get", "orders", "--filter", "{x"), "--filter is not valid JSON"),
     (("tail", "orders", "--filter", "[1"), "--filter is not valid JSON"),
+    (("tail", "orders", "--since-time", "9am"), "--since-time is not an RFC 3339 timestamp"),
+    (("tail", "orders", "--since-time", "2026-01-01T09:00:00Z", "--snapshot"),
+     "--since-time excludes --since and --snapshot"),
     (("rm", "orders"), "Missing argument"),
     (("ls", "--token", "é"), "--token"),
     (("nope",), "No such command 'nope'"),
@@ -559,6 +562,26 @@ async def test_tail_snapshot_since_and_sigterm(live: LiveServer,
     tail = await start_tail("items", "--json", "--since", change["id"], "--url", live.url)
     try:
         assert (await tail.json())["key"] == "i4"
+    finally:
+        await stop(tail)
+
+
+async def test_tail_since_time_replays_then_follows(live: LiveServer,
+                                                   http: httpx.AsyncClient) -> None:
+    tail = await start_tail("notes", "--json", "--url", live.url)
+    try:
+        await tail.status("subscribed to notes")
+        for i in range(3):
+            await http.post(DOCS.format("notes"), json={"_id": f"n{i}"})
+        seen = [await tail.json() for _ in range(3)]
+    finally:
+        await stop(tail)
+    tail = await start_tail("notes", "--json", "--since-time", seen[1]["ts"], "--url", live.url)
+    try:
+        replayed = [(await tail.json())["key"] for ch in seen if ch["ts"] >= seen[1]["ts"]]
+        assert replayed == [ch["key"] for ch in seen if ch["ts"] >= seen[1]["ts"]]
+        await http.post(DOCS.format("notes"), json={"_id": "n3"})
+        assert (await tail.json())["key"] == "n3"
     finally:
         await stop(tail)
 

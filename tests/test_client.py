@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import random
 import time
@@ -251,6 +252,37 @@ async def test_resync_reloads_with_a_snapshot(live: LiveServer, http: httpx.Asyn
         change = await next_event(sub)
         assert isinstance(change, Change)
         assert change.key == "z"
+
+
+async def test_since_time_replays_then_resumes_by_id_across_a_reconnect(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    states = StateLog()
+    async with connect(live.url) as client, client.subscribe("log") as watch:
+        await next_event(watch)
+        for key in "abc":
+            await post(http, "log", {"_id": key})
+        seen = [await next_event(watch) for _ in range(3)]
+    ts = dt.datetime.fromisoformat(seen[1].ts.replace("Z", "+00:00"))  # b's commit
+    expected = [e.key for e in seen if e.ts >= seen[1].ts]
+    async with connect(live.url, on_state=states, delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("log", since_time=ts) as sub:
+        first = await next_event(sub)
+        assert isinstance(first, Subscribed)
+        assert first.resumed
+        replayed = [await next_event(sub) for _ in expected]
+        assert [e.key for e in replayed if isinstance(e, Change)] == expected
+        assert sub.since_time is None  # from now on it resumes by event id
+        live.app.state.services.hub.close_all(1011, "test drop")
+        await states.wait_for(ConnectionState.RECONNECTING)
+        await post(http, "log", {"_id": "d"})
+        client.reconnect_now()
+        events = await until(sub, lambda e: isinstance(e, Change))
+        assert [type(e).__name__ for e in events] == ["Subscribed", "Change"]
+        assert isinstance(events[-1], Change)
+        assert events[-1].key == "d"
+    with pytest.raises(ValueError, match="aware"):
+        async with connect(live.url) as client:
+            client.subscribe("log", since_time=dt.datetime(2026, 1, 1))
 
 
 async def test_subscription_errors_end_the_iteration(live: LiveServer) -> None:

@@ -105,7 +105,10 @@ def _operations(schema: Any) -> list[Any]:
 #: a schema-valid request may still be refused (400), so only here the
 #: positive-data-acceptance check is left out. Every other check runs everywhere.
 _QUERY_LANGUAGES = {"GET /api/collections/{collection}/documents",
-                    "GET /api/collections/{collection}/documents:count"}
+                    "GET /api/collections/{collection}/documents:count",
+                    # exactly one of since / since_time, an RFC 3339 time, an event id
+                    # the oplog still holds (else 410)
+                    "GET /api/collections/{collection}/changes"}
 
 
 def _fuzz(operation: Any, mode: GenerationMode, session: requests.Session,
@@ -192,6 +195,9 @@ messages = st.fixed_dictionaries(
         "snapshot": st.booleans() | json_scalars,
         "limit": st.integers(-5, 2000) | json_scalars,
         "since": st.text("0123456789abcdefABCDEF", max_size=60) | json_scalars,
+        "since_time": st.sampled_from(["2026-01-01T09:00:00Z", "1970-01-01T00:00:00Z",
+                                       "2999-12-31T23:59:59.999+01:00", "2026-01-01",
+                                       "2026-02-30T00:00:00Z"]) | json_scalars,
         "ref": json_values,
         "token": st.sampled_from([TENANT_KEY, ADMIN_KEY, "nope", ""]) | json_values,
         "extra": json_values,

@@ -132,6 +132,7 @@ export type ClientMessage =
       snapshot?: boolean;
       limit?: number;
       since?: EventId;
+      since_time?: string;
     }
   | { op: "unsubscribe"; sub: string }
   | { op: "ping"; ref: string }
@@ -149,6 +150,13 @@ export interface SubscribeOptions {
   limit?: number | null;
   /** Resume after this event id instead of starting now. */
   since?: EventId | null;
+  /**
+   * Replay every change committed from this time (an RFC 3339 string with a time
+   * zone, or a `Date`) from the oplog, then go live; not with `since` or `snapshot`.
+   * After the first change the subscription resumes by event id; a time the
+   * oplog no longer reaches back to gives a `reset` (`history_lost`) and a snapshot.
+   */
+  sinceTime?: string | Date | null;
 }
 
 /**

@@ -40,7 +40,8 @@ ERROR_MEANINGS: Final[dict[str, str]] = {
     protocol.ErrorCode.UNKNOWN_OP: "`op` is not one the server knows",
     protocol.ErrorCode.BAD_FILTER: "the filter is not in the filter language",
     protocol.ErrorCode.BAD_COLLECTION: "the collection name is refused",
-    protocol.ErrorCode.BAD_SINCE: "`since` is not an event id",
+    protocol.ErrorCode.BAD_SINCE: "`since` is not an event id, or `since_time` not an RFC 3339 "
+                                  "timestamp (1970 to 2106)",
     protocol.ErrorCode.DUPLICATE_SUB: "`subscribe` with a `sub` already active on the "
                                       "connection",
     protocol.ErrorCode.UNKNOWN_SUB: "`unsubscribe` of a `sub` that is not active",
@@ -113,6 +114,12 @@ _CLIENT_FIELDS: Final[dict[str, dict[str, Any]]] = {
     "since": {"oneOf": [_EVENT_ID, {"type": "null"}],
               "description": "Resume after this event id (the last one processed, or a "
                              "`head`): no gap, no duplicate, or `resync`."},
+    "since_time": {"oneOf": [{"type": "string", "format": "date-time",
+                              "examples": ["2026-01-01T09:00:00Z"]}, {"type": "null"}],
+                   "description": "Replay every change committed at or after this RFC 3339 "
+                                  "time from the oplog, then live (no gap, no duplicate); "
+                                  "`resync` `history_lost` if the oplog no longer reaches "
+                                  "back to it. Not with `since` or `snapshot`."},
     "ref": {"oneOf": [*_REF["oneOf"], {"type": "null"}], "description": "Echoed by `pong`."},
     "token": {"type": "string", "minLength": 1,
               "description": "An API key or a JWT (docs/security.md)."},

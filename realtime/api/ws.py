@@ -141,7 +141,7 @@ async def _subscribe(services: Services, conn: Outbox, msg: protocol.Subscribe,
            else Subscription(conn, msg.sub, msg.collection, tenant.restrict(msg.filter),
                              owner=tenant))
     await hub.start(sub, services.history, since=msg.since, snapshot=msg.snapshot,
-                    limit=msg.limit)
+                    limit=msg.limit, since_time=msg.since_time)
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str,

@@ -100,6 +100,20 @@ export function applyEvent(docs, ev) {
 }
 
 /**
+ * `sinceTime` as the protocol sends it (RFC 3339), or null.
+ * @param {string|Date|undefined|null} value
+ * @returns {string|null}
+ */
+function sinceTimeOf(value) {
+  if (value === undefined || value === null) return null;
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) throw new TypeError("sinceTime is an invalid Date");
+    return value.toISOString();
+  }
+  return String(value);
+}
+
+/**
  * The map key of a document `_id` as {@link applyEvent} uses it.
  * @param {unknown} key
  * @returns {string}
@@ -114,6 +128,9 @@ export function keyOf(key) {
  * @property {boolean} [snapshot] start with the matching documents (a `snapshot` event)
  * @property {number} [limit] most documents in a snapshot (server default 100)
  * @property {string} [since] resume after this event id instead of starting now
+ * @property {string|Date} [sinceTime] replay every change committed from this time
+ *   (an RFC 3339 string or a Date) from the oplog, then go live; not with
+ *   `since` or `snapshot`
  */
 
 /**
@@ -274,6 +291,7 @@ export class RealtimeClient {
       snapshot: Boolean(options?.snapshot),
       limit: options?.limit ?? null,
       since: options?.since ?? null,
+      sinceTime: sinceTimeOf(options?.sinceTime),
       onEvent,
       wire: null,
       awaitingSnapshot: false,
@@ -455,6 +473,10 @@ export class RealtimeClient {
       msg.since = sub.since;
       sub.awaitingSnapshot = false;
       sub.resumed = true;
+    } else if (sub.sinceTime !== null) {
+      msg.since_time = sub.sinceTime;
+      sub.awaitingSnapshot = false;
+      sub.resumed = true;
     } else {
       msg.snapshot = sub.snapshot || reload;
       sub.awaitingSnapshot = msg.snapshot;
@@ -485,7 +507,7 @@ export class RealtimeClient {
         this._setState("open", { welcome: msg });
         this._startWatchdog(msg.heartbeat);
         for (const sub of this._subs) {
-          if (sub.since === null && sub.everSubscribed) {
+          if (sub.since === null && sub.sinceTime === null && sub.everSubscribed) {
             // We were subscribed but never learnt a position: reload.
             this._deliver(sub, { type: "reset", reason: "no_position" });
             this._sendSubscribe(sub, true);
@@ -533,6 +555,7 @@ export class RealtimeClient {
         return;
       case "change": {
         sub.since = msg.id;
+        sub.sinceTime = null;
         const { type, sub: _wire, ...rest } = msg;
         this._deliver(sub, { type: "change", ...rest });
         return;
@@ -542,6 +565,7 @@ export class RealtimeClient {
         this._wire.delete(msg.sub);
         this._send({ op: "unsubscribe", sub: msg.sub });
         sub.since = null;
+        sub.sinceTime = null;
         this._deliver(sub, { type: "reset", reason: msg.reason });
         if (sub.active && this.state === "open") this._sendSubscribe(sub, true);
         return;

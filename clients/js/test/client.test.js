@@ -322,6 +322,33 @@ test("the server closes the socket: the client resumes with since, every missed 
     client.close();
   });
 
+test("sinceTime replays the changes committed from then on, then live",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_since_time");
+    const watcher = open(BASE);
+    const watched = new Inbox();
+    watcher.subscribe(coll, {}, watched.push);
+    await watched.until((ev) => ev.type === "subscribed", "subscribed");
+    for (const id of ["t1", "t2", "t3"]) await post(BASE, coll, { _id: id });
+    const seen = (await watched.until(isChange("t3"), "t3")).filter((ev) => ev.type === "change");
+    watcher.close();
+    const from = seen[1].ts;
+    const expected = seen.filter((ev) => ev.ts >= from).map((ev) => `insert ${ev.key}`);
+
+    const client = open(BASE);
+    const sent = [];
+    client.on("send", (msg) => sent.push(msg));
+    const inbox = new Inbox();
+    client.subscribe(coll, { sinceTime: new Date(from) }, inbox.push);
+    await post(BASE, coll, { _id: "t4" });
+    const events = await inbox.until(isChange("t4"), "t4");
+    assert.equal(events[0].type, "subscribed");
+    assert.equal(events[0].resumed, true);
+    assert.deepEqual(summary(events), [...expected, "insert t4"]);
+    assert.equal(sent.find((msg) => msg.op === "subscribe").since_time, from);
+    client.close();
+  });
+
 test("kill -9 of the server, writes elsewhere, restart: every missed change once",
   { skip: NO_SERVE, timeout: 120_000 }, async () => {
     const port = await freePort();

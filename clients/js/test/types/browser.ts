@@ -116,6 +116,8 @@ client.subscribe("logs", { since: "8263ab..." }, (ev: SubscriptionEvent) => {
   const docs = new Map<string, Document>();
   applyEvent(docs, ev);
 });
+client.subscribe("logs", { sinceTime: new Date(), filter: { level: "error" } }, () => {});
+client.subscribe("logs", { sinceTime: "2026-01-01T09:00:00Z" }, () => {});
 client.subscribe("all", undefined, () => {});
 // @ts-expect-error: the callback is required
 client.subscribe("orders", {});
