@@ -239,7 +239,7 @@ class DatabaseHistory:
                    when: dt.datetime | None = None, limit: int = 100) -> ChangePage:
         """Up to ``limit`` changes on ``viewer``'s collection after ``since`` (an event
         id) or committed at or after ``when``, as ``viewer`` would receive them live
-        (its filter, its tenant): the REST changes feed.
+        (its filter, its tenant, its projection): the REST changes feed.
 
         ``next`` is the id of the last event read (or, when none was, the stream's
         position, or ``since``): the next page starts after it. It is None when
@@ -302,9 +302,10 @@ class DatabaseHistory:
                         op=ev.op, id=ev.id, collection=ev.collection, ts=ev.ts))
                     break  # the collection's history ends (or restarts) here
                 op = viewer.decide(ev)
-                if op is None:
+                body = None if op is None else viewer.body(op, ev)
+                if body is None:
                     continue
-                changes.append('{"op":"' + op + '",' + (ev.leave if op == "leave" else ev.body))
+                changes.append('{"op":"' + str(op) + '",' + body)
                 if len(changes) >= limit:
                     break
         finally:

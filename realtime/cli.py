@@ -618,6 +618,10 @@ def tail(
     collection: Annotated[str, typer.Argument(help="Collection to watch.")],
     filter: Annotated[str | None, typer.Option("--filter", help="JSON filter.")] = None,
     since: Annotated[str | None, typer.Option(help="Resume after this event id.")] = None,
+    fields: Annotated[str | None, typer.Option(
+        "--fields", help="Only these comma-separated dotted paths of each document "
+                         "(e.g. status,customer.name); an update shows the changed ones.")
+    ] = None,
     since_time: Annotated[str | None, typer.Option(
         "--since-time", help="Replay the changes committed from this RFC 3339 time "
                              "(e.g. 2026-01-01T09:00:00Z), then follow live.")] = None,
@@ -640,6 +644,15 @@ def tail(
     import asyncio
 
     filter_ = _parse_json(filter, "--filter") if filter is not None else None
+    paths: list[str] | None = None
+    if fields is not None:
+        from realtime.projection import check_fields
+
+        paths = [p.strip() for p in fields.split(",")]
+        try:
+            check_fields(paths)
+        except ValueError as exc:
+            _fail(f"--fields {exc}", 2)
     if since_time is not None:
         from realtime.protocol import parse_time
 
@@ -651,7 +664,7 @@ def tail(
             _fail("--since-time excludes --since and --snapshot", 2)
     try:
         code = asyncio.run(_tail(collection, filter_, since, snapshot, json_out, max_delay,
-                                 url, token, since_time=since_time))
+                                 url, token, since_time=since_time, fields=paths))
     except KeyboardInterrupt:
         code = 130
     if code:
@@ -660,7 +673,8 @@ def tail(
 
 async def _tail(collection: str, filter: dict[str, Any] | None, since: str | None,
                 snapshot: bool, json_out: bool, max_delay: float, url: str,
-                token: str | None, *, since_time: str | None = None) -> int:
+                token: str | None, *, since_time: str | None = None,
+                fields: list[str] | None = None) -> int:
     """The body of ``tail``; returns the exit code (SIGTERM ends it with 0)."""
     import asyncio
 
@@ -724,7 +738,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         async with connect(url, token=token, on_state=on_state, on_status=on_status,
                            delay=lambda n: backoff_delay(n, maximum=max_delay)) as client, \
                 client.subscribe(collection, filter=filter, snapshot=snapshot,
-                                 since=since, since_time=since_time) as sub:
+                                 since=since, since_time=since_time, fields=fields) as sub:
             async for event in sub:
                 if isinstance(event, Subscribed):
                     head = event.head or "none"
@@ -737,7 +751,10 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
                     sys.stdout.flush()
                 elif isinstance(event, Change):
                     style = _OP_STYLES.get(event.op, "white")
-                    body = "" if event.document is None else escape(_dumps(event.document))
+                    shown: Any = event.document
+                    if shown is None and event.updated is not None:  # a delta (--fields)
+                        shown = {"updated": event.updated, "removed": event.removed or []}
+                    body = "" if shown is None else escape(_dumps(shown))
                     out.print(f"[dim]{escape(event.ts)}[/] [{style}]{event.op:<7}[/] "
                               f"[bold]{escape(_cell(event.key))}[/] {body}")
                 elif isinstance(event, Snapshot):

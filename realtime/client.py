@@ -54,7 +54,7 @@ import datetime as dt
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -85,6 +85,7 @@ __all__ = [
     "Subscription",
     "SubscriptionError",
     "TokenProvider",
+    "apply_delta",
     "backoff_delay",
     "connect",
     "event_to_json",
@@ -285,7 +286,9 @@ class LiveView:
         A snapshot replaces everything; ``insert``/``update``/``replace`` of an
         unknown key inserts (documents entering a filter arrive as ``update``);
         ``leave``/``delete`` of an unknown key is a no-op; a change whose
-        ``document._version`` is not newer than the held one is ignored.
+        ``document._version`` is not newer than the held one is ignored. An
+        ``update`` without a document (a subscription with ``fields``) applies
+        its ``updated``/``removed`` paths to the held document (:func:`apply_delta`).
         """
         docs = self.documents
         if isinstance(event, Snapshot):
@@ -298,15 +301,56 @@ class LiveView:
         key = _view_key(event.key)
         if event.op in ("delete", "leave"):
             return "remove" if docs.pop(key, None) is not None else None
-        if event.document is None:
-            return None
         held = docs.get(key)
-        if held is not None:
-            old, new = held.get("_version"), event.document.get("_version")
-            if isinstance(old, int) and isinstance(new, int) and new <= old:
+        document = event.document
+        if document is None:
+            # A projected subscription's update: the changed fields only.
+            if held is None or event.updated is None:
                 return None
-        docs[key] = event.document
+            if _not_newer(held, event.updated.get("_version")):
+                return None
+            docs[key] = apply_delta(held, event.updated, event.removed or ())
+            return "update"
+        if held is not None and _not_newer(held, document.get("_version")):
+            return None
+        docs[key] = document
         return "insert" if held is None else "update"
+
+
+def _not_newer(held: Mapping[str, Any], version: Any) -> bool:
+    old = held.get("_version")
+    return isinstance(old, int) and isinstance(version, int) and version <= old
+
+
+def apply_delta(doc: Mapping[str, Any], updated: Mapping[str, Any],
+                removed: Iterable[str]) -> dict[str, Any]:
+    """``doc`` with an update's delta applied (a copy): each ``removed`` dotted path
+    unset, then each ``updated`` path set, creating sub-documents as needed.
+
+    Raises:
+        ValueError: a path goes through a value that is not an object.
+    """
+    def copy(value: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: copy(v) if isinstance(v, dict) else v for k, v in value.items()}
+
+    out = copy(doc)
+    for path in removed:
+        *parents, last = path.split(".")
+        node: Any = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    for path, value in updated.items():
+        *parents, last = path.split(".")
+        node = out
+        for name in parents:
+            child = node.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{path!r} goes through a value that is not an object")
+            node = child
+        node[last] = value
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -360,8 +404,10 @@ class Subscription:
 
     def __init__(self, client: Client, collection: str, *, filter: Mapping[str, Any] | None,
                  snapshot: bool, limit: int | None, since: str | None, max_queue: int,
-                 since_time: str | None = None) -> None:
+                 since_time: str | None = None, fields: Sequence[str] | None = None) -> None:
         self.collection = collection
+        #: Only these dotted paths of each document (None: whole documents).
+        self.fields = list(fields) if fields is not None else None
         self.filter = dict(filter) if filter else None
         self.snapshot = snapshot
         self.limit = limit
@@ -556,6 +602,7 @@ class Client:
         since: str | None = None,
         max_queue: int | None = None,
         since_time: str | dt.datetime | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Subscription:
         """Start a live query on ``collection``; iterate the result for events.
 
@@ -563,7 +610,10 @@ class Client:
         :class:`Snapshot` of at most ``limit`` matching documents; ``since``
         resumes after that event id instead; ``since_time`` (an aware datetime
         or an RFC 3339 string) replays every change committed from then on, then
-        goes live. The subscription is sent at once if connected, else as soon as
+        goes live. ``fields`` (dotted paths) projects every document to those
+        fields (and ``_id``, ``_version``): an ``update`` then carries only the
+        changed ones (:class:`LiveView` applies them), and none when it changed
+        none of them. The subscription is sent at once if connected, else as soon as
         the client connects.
 
         Raises:
@@ -577,7 +627,7 @@ class Client:
             raise ValueError("since_time excludes since and snapshot")
         sub = Subscription(self, collection, filter=filter, snapshot=snapshot, limit=limit,
                            since=since, max_queue=max_queue or self._max_queue,
-                           since_time=_rfc3339(since_time))
+                           since_time=_rfc3339(since_time), fields=fields)
         self._subs.append(sub)
         if self.state is ConnectionState.OPEN:
             self._send_subscribe(sub, reload=False)
@@ -783,6 +833,8 @@ class Client:
             message["filter"] = sub.filter
         if sub.limit is not None:
             message["limit"] = sub.limit
+        if sub.fields is not None:
+            message["fields"] = sub.fields
         if sub.since is not None:
             message["since"] = sub.since
             sub._awaiting_snapshot = False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
@@ -27,6 +28,7 @@ from realtime.errors import RealtimeError
 from realtime.events import Event
 from realtime.index import Index
 from realtime.outbox import Batcher, BatchPolicy, Outbox
+from realtime.projection import Projection
 from realtime.subscription import Cluster, Phase, Subscription
 
 __all__ = ["History", "Hub"]
@@ -83,6 +85,9 @@ class Hub:
         #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
         #: connection is told after ``welcome`` unless it is live.
         self.feed_status: str = protocol.FEED_LIVE
+        #: Projections by their paths, while a subscription holds them.
+        self._projections: weakref.WeakValueDictionary[tuple[str, ...], Projection] = (
+            weakref.WeakValueDictionary())
 
     # -- connections ---------------------------------------------------------------
     def outbox(self, **kwargs: Any) -> Outbox:
@@ -188,7 +193,7 @@ class Hub:
         shown: dict[Any, Mapping[str, Any]] = {}
         for doc in docs:
             if subscription.owns(doc):
-                documents.append(dumps_str(doc))
+                documents.append(dumps_str(subscription.render(doc)))
                 shown[key_to_json(doc.get("_id"))] = doc
         conn.send(protocol.render_snapshot(sub, documents, head))
         self.settle(subscription, shown, horizon, poll)
@@ -229,6 +234,14 @@ class Hub:
         """End a catch-up at ``event_id``, which the ring holds: it replays the rest."""
         subscription.hand_over()
         self.replay(subscription, event_id)
+
+    def projection(self, paths: tuple[str, ...]) -> Projection:
+        """The :class:`Projection` of ``paths`` (from ``projection.check_fields``), shared
+        by every subscription asking for the same fields while any holds it."""
+        projection = self._projections.get(paths)
+        if projection is None:
+            projection = self._projections[paths] = Projection(paths)
+        return projection
 
     def subscription_count(self) -> int:
         """How many subscriptions are routed."""

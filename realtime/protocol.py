@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import orjson
 
-from realtime import names, query
+from realtime import names, projection, query
 
 __all__ = [
     "CHANGE_OPS",
@@ -191,6 +191,8 @@ class Subscribe:
     since: str | None
     #: Replay every change committed at or after this time (aware, UTC), then live.
     since_time: dt.datetime | None = None
+    #: The projection's paths (``projection.check_fields``); None: whole documents.
+    fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,7 @@ ClientMessage: TypeAlias = Subscribe | Unsubscribe | Ping | Auth
 
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     "subscribe": frozenset({"op", "sub", "collection", "filter", "snapshot", "limit", "since",
-                            "since_time"}),
+                            "since_time", "fields"}),
     "unsubscribe": frozenset({"op", "sub"}),
     "ping": frozenset({"op", "ref"}),
     "auth": frozenset({"op", "token"}),
@@ -312,6 +314,13 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
         if snapshot:
             _bad("'since_time' replays changes: it cannot be combined with 'snapshot'", sub)
 
+    fields = obj.get("fields")
+    if fields is not None:
+        try:
+            fields = projection.check_fields(fields)
+        except ValueError as exc:
+            _bad(f"'fields' {exc}", sub)
+
     return Subscribe(
         sub=sub,
         collection=collection,
@@ -320,6 +329,7 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
         limit=limit,
         since=since,
         since_time=since_time,
+        fields=fields,
     )
 
 

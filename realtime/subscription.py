@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from realtime import protocol, query
 from realtime.events import Event
+from realtime.projection import Projection
 
 __all__ = ["Outlet", "Owner", "Phase", "PhaseError", "Subscription"]
 
@@ -105,10 +106,10 @@ class Subscription:
     """
 
     __slots__ = ("_held", "collection", "conn", "fields", "filter", "floor", "horizon",
-                 "match", "owner", "phase", "prefix", "shown", "sub")
+                 "match", "owner", "phase", "prefix", "projection", "shown", "sub")
 
     def __init__(self, conn: Outlet, sub: str, collection: str, filter: Mapping[str, Any],
-                 owner: Owner | None = None) -> None:
+                 owner: Owner | None = None, projection: Projection | None = None) -> None:
         self.conn = conn
         self.sub = sub
         self.collection = collection
@@ -118,6 +119,8 @@ class Subscription:
             query.compile(self.filter) if self.filter else None
         )
         self.fields = query.fields(self.filter) if self.filter else None
+        #: The fields the client receives (None: whole documents).
+        self.projection = projection
         self.prefix = protocol.change_prefix(sub)
         self.phase = Phase.LIVE
         #: Events held back, with the op each gives (HOLDING, SETTLING, CATCHING_UP).
@@ -203,8 +206,37 @@ class Subscription:
             self.send(op, ev)
 
     def send(self, op: str, ev: Event) -> None:
-        """Send ``ev`` as ``op`` through the outlet."""
-        self.conn.send_change(ev, self.prefix, op)
+        """Send ``ev`` as ``op`` through the outlet (projected, if so asked: then an
+        update that changes no projected field sends nothing)."""
+        if self.projection is None:
+            self.conn.send_change(ev, self.prefix, op)
+            return
+        body = self.body(op, ev)
+        if body is not None:
+            self.conn.send(protocol.render_change(self.prefix, op, body))
+
+    def body(self, op: str, ev: Event) -> str | None:
+        """The shared body of ``ev`` as ``op`` for this subscription (None: send nothing)."""
+        projection = self.projection
+        if projection is None:
+            return ev.leave if op == "leave" else ev.body
+        return ev.projected(projection, op, op == "update" and self._had(ev))
+
+    def _had(self, ev: Event) -> bool:
+        """True if the document was inside the filter before this update (the client
+        holds it): by its pre-image, else because the update changed none of the
+        filter's fields."""
+        match = self.match
+        if ev.before is not None:
+            return match is None or match(ev.before)
+        if match is None:
+            return True
+        changed, fields = ev.changed, self.fields
+        return changed is not None and fields is not None and not changed & fields
+
+    def render(self, doc: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``doc`` as a snapshot shows it to this subscription (projected)."""
+        return doc if self.projection is None else self.projection.apply(doc)
 
     # -- transitions -------------------------------------------------------------
     def _expect(self, *phases: Phase) -> None:

@@ -169,6 +169,7 @@ def test_every_argument_and_option_has_help() -> None:
     (("get", "orders", "--filter", "{x"), "--filter is not valid JSON"),
     (("tail", "orders", "--filter", "[1"), "--filter is not valid JSON"),
     (("tail", "orders", "--since-time", "9am"), "--since-time is not an RFC 3339 timestamp"),
+    (("tail", "orders", "--fields", "a,$b"), "--fields '$b' is not a field path"),
     (("tail", "orders", "--since-time", "2026-01-01T09:00:00Z", "--snapshot"),
      "--since-time excludes --since and --snapshot"),
     (("rm", "orders"), "Missing argument"),
@@ -582,6 +583,25 @@ async def test_tail_since_time_replays_then_follows(live: LiveServer,
         assert replayed == [ch["key"] for ch in seen if ch["ts"] >= seen[1]["ts"]]
         await http.post(DOCS.format("notes"), json={"_id": "n3"})
         assert (await tail.json())["key"] == "n3"
+    finally:
+        await stop(tail)
+
+
+async def test_tail_fields_prints_projected_documents_and_deltas(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    tail = await start_tail("cards", "--json", "--fields", "title,meta.owner", "--url", live.url)
+    try:
+        await tail.status("subscribed to cards")
+        await http.post(DOCS.format("cards"), json={"_id": "c1", "title": "T", "body": "B",
+                                                     "meta": {"owner": "ann", "n": 1}})
+        inserted = await tail.json()
+        assert inserted["document"] == {"_id": "c1", "title": "T", "meta": {"owner": "ann"},
+                                        "_version": 1}
+        await http.patch(f"{DOCS.format('cards')}/c1", json={"body": "C"})  # nothing
+        await http.patch(f"{DOCS.format('cards')}/c1", json={"title": "U"})
+        updated = await tail.json()
+        assert (updated["op"], updated.get("document"), updated["updated"]) == (
+            "update", None, {"_version": 3, "title": "U"})
     finally:
         await stop(tail)
 

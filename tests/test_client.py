@@ -29,6 +29,7 @@ from realtime.client import (
     Subscribed,
     Subscription,
     SubscriptionError,
+    apply_delta,
     backoff_delay,
     connect,
     ws_url,
@@ -147,6 +148,24 @@ def test_live_view_rules() -> None:
     assert view.apply(Subscribed(head="h", resumed=False)) is None
     assert view.apply(Reset("history_lost")) is None
     assert view.documents == {"a": {"_id": "a", "_version": 3}}
+
+
+def test_live_view_applies_the_deltas_of_a_projected_subscription() -> None:
+    view = LiveView()
+    view.apply(Snapshot([{"_id": "a", "_version": 1, "c": {"n": "x", "t": 1}, "g": 0}],
+                        head="h"))
+    change = {"collection": "c", "id": "1", "ts": ""}
+    assert view.apply(Change("update", key="a", updated={"_version": 2, "c.t": 2, "d.e": 3},
+                             removed=["g"], **change)) == "update"
+    assert view.documents["a"] == {"_id": "a", "_version": 2, "c": {"n": "x", "t": 2},
+                                   "d": {"e": 3}}
+    assert view.apply(Change("update", key="a", updated={"_version": 2, "c.t": 9},
+                             removed=[], **change)) is None  # not newer
+    assert view.apply(Change("update", key="zz", updated={"_version": 4, "x": 1},
+                             removed=[], **change)) is None  # not held: cannot apply
+    assert "zz" not in view.documents
+    with pytest.raises(ValueError, match="not an object"):
+        apply_delta({"a": 1}, {"a.b": 2}, [])
 
 
 async def test_connect_error_when_unreachable() -> None:

@@ -54,9 +54,14 @@ export interface ChangeEvent<D = Document> {
   collection: string;
   /** The document's `_id`. */
   key: unknown;
-  /** The document after the change; absent for `delete` and `leave`. */
+  /**
+   * The document after the change (only the subscription's `fields`, if it has
+   * some); absent for `delete` and `leave`, and for an `update` of a subscription
+   * with `fields` whose document the client holds (then `updated`/`removed` carry
+   * the changed projected fields only).
+   */
   document?: D;
-  /** For an `update`: the fields it set. */
+  /** For an `update`: the fields it set (dotted paths). */
   updated?: Record<string, unknown>;
   /** For an `update`: the fields it removed. */
   removed?: string[];
@@ -133,6 +138,7 @@ export type ClientMessage =
       limit?: number;
       since?: EventId;
       since_time?: string;
+      fields?: string[];
     }
   | { op: "unsubscribe"; sub: string }
   | { op: "ping"; ref: string }
@@ -157,6 +163,12 @@ export interface SubscribeOptions {
    * oplog no longer reaches back to gives a `reset` (`history_lost`) and a snapshot.
    */
   sinceTime?: string | Date | null;
+  /**
+   * Only these dotted paths of each document (`_id` and `_version` always come):
+   * snapshots, inserts and replaces carry them, an update only the changed ones,
+   * and an update that changes none of them sends nothing.
+   */
+  fields?: string[] | null;
 }
 
 /**
@@ -300,13 +312,25 @@ export declare function keyOf(key: unknown): string;
  * Apply one subscription event to a map of documents keyed by {@link keyOf}(`_id`):
  * a snapshot replaces everything; `insert`/`update`/`replace` of an unknown key
  * inserts; `leave`/`delete` of an unknown key does nothing; a change whose
- * `document._version` is not newer than the held one is ignored. Other events
- * change nothing (`null`).
+ * `document._version` is not newer than the held one is ignored; an `update`
+ * without a document (a subscription with `fields`) applies its delta to the
+ * held document ({@link applyDelta}). Other events change nothing (`null`).
  */
 export declare function applyEvent<D = Document>(
   docs: Map<string, D>,
   ev: SubscriptionEvent<D>,
 ): ApplyResult;
+
+/**
+ * A copy of `doc` with an update's delta applied: each `removed` dotted path unset,
+ * then each `updated` path set (objects created as needed). Throws a `TypeError`
+ * for a path through a value that is not an object.
+ */
+export declare function applyDelta<D = Document>(
+  doc: D,
+  updated: Record<string, unknown>,
+  removed: string[],
+): D;
 
 /** Create a {@link RealtimeClient} and, unless `autoConnect` is false, open it. */
 export declare function connect(url?: string, options?: ConnectOptions): RealtimeClient;

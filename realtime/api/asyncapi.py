@@ -120,6 +120,15 @@ _CLIENT_FIELDS: Final[dict[str, dict[str, Any]]] = {
                                   "time from the oplog, then live (no gap, no duplicate); "
                                   "`resync` `history_lost` if the oplog no longer reaches "
                                   "back to it. Not with `since` or `snapshot`."},
+    "fields": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": 64,
+                          "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+                         {"type": "null"}],
+               "examples": [["status", "customer.name"]],
+               "description": "Only these dotted paths of each document (`_id` and "
+                              "`_version` always come): snapshots, inserts and replaces "
+                              "carry them; an `update` of a document the client holds "
+                              "carries only the changed ones (`updated`/`removed`, no "
+                              "`document`), and nothing when none changed."},
     "ref": {"oneOf": [*_REF["oneOf"], {"type": "null"}], "description": "Echoed by `pong`."},
     "token": {"type": "string", "minLength": 1,
               "description": "An API key or a JWT (docs/security.md)."},

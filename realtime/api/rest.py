@@ -58,6 +58,7 @@ from realtime.idempotency import (
     record_id,
 )
 from realtime.paging import parse_sort
+from realtime.projection import Projection, check_fields
 from realtime.store import (
     MAX_BULK,
     MAX_ID_LENGTH,
@@ -539,6 +540,27 @@ async def insert_documents(collection: CollectionPath, request: Request, store: 
     return await _once(request, principal, idempotency_key, raw, run)
 
 
+FieldsQuery = Annotated[str | None, Query(
+    alias="fields", max_length=4096,
+    description="Comma-separated dotted paths to include, e.g. `status,customer.name`; "
+                "`_id` and `_version` always come.")]
+
+
+def _projection(text: str | None) -> Projection | None:
+    """The ``fields`` query parameter as a :class:`Projection` (None if absent).
+
+    Raises:
+        BadRequest: not a list of field paths (400).
+    """
+    if text is None:
+        return None
+    try:
+        return Projection(check_fields([p.strip() for p in text.split(",")]))
+    except ValueError as exc:
+        raise BadRequest(f"fields {exc}", invalid_params=[
+            {"name": "fields", "in": "query", "reason": str(exc)}]) from None
+
+
 FilterQuery = Annotated[str | None, Query(
     alias="filter", max_length=65_536,
     description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')]
@@ -577,9 +599,14 @@ async def list_documents(
     after: Annotated[str | None, Query(
         max_length=16_384, description="The previous page's `next`.")] = None,
     skip: Annotated[int, Query(ge=0, le=10_000_000, description="Documents to skip.")] = 0,
+    fields: FieldsQuery = None,
 ) -> Response:
-    """One page of documents, streamed; ``next`` continues after its last document."""
+    """One page of documents, streamed; ``next`` continues after its last document.
+
+    With ``fields``, each document carries only those fields (and ``_id``, ``_version``).
+    """
     store.check_collection(collection)
+    projection = _projection(fields)
     page = await store.list(collection, filter=_mongo_filter(filter_), sort=parse_sort(sort),
                             limit=limit, after=after, skip=skip, tenant=principal.tenant)
 
@@ -591,7 +618,7 @@ async def list_documents(
                 if not first:
                     buf += b","
                 first = False
-                buf += dumps(doc)
+                buf += dumps(doc if projection is None else projection.apply(doc))
                 if len(buf) >= _STREAM_CHUNK:
                     yield bytes(buf)
                     buf.clear()
@@ -660,8 +687,10 @@ async def list_changes(
         description="An event id (a previous page's `next`): changes after it.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 100,
     filter_: FilterQuery = None,
+    fields: FieldsQuery = None,
 ) -> Response:
-    """Past changes from the oplog, as a subscription with ``filter`` would have seen them.
+    """Past changes from the oplog, as a subscription with ``filter`` (and ``fields``)
+    would have seen them.
 
     Give ``since_time`` for the first page, then ``since`` = the previous ``next``.
     """
@@ -682,9 +711,11 @@ async def list_changes(
         _mongo_filter(filter_)  # 400 for a bad one
         raw_filter = query.validate(loads(filter_))
     tenant = principal.tenant
-    viewer = (Subscription(_Nowhere(), "", collection, raw_filter) if tenant is None
+    projection = _projection(fields)
+    viewer = (Subscription(_Nowhere(), "", collection, raw_filter, projection=projection)
+              if tenant is None
               else Subscription(_Nowhere(), "", collection, tenant.restrict(raw_filter),
-                                owner=tenant))
+                                owner=tenant, projection=projection))
     page = await services.history.page(viewer, since=since, when=when, limit=limit)
     body = '{"changes":[' + ",".join(page.changes) + '],"next":' + dumps(page.next).decode() + "}"
     return Response(body, media_type=JSON)

@@ -137,9 +137,11 @@ async def _subscribe(services: Services, conn: Outbox, msg: protocol.Subscribe,
                                         msg.sub))
         return
     tenant = principal.tenant
-    sub = (Subscription(conn, msg.sub, msg.collection, msg.filter) if tenant is None
+    projection = None if msg.fields is None else hub.projection(msg.fields)
+    sub = (Subscription(conn, msg.sub, msg.collection, msg.filter, projection=projection)
+           if tenant is None
            else Subscription(conn, msg.sub, msg.collection, tenant.restrict(msg.filter),
-                             owner=tenant))
+                             owner=tenant, projection=projection))
     await hub.start(sub, services.history, since=msg.since, snapshot=msg.snapshot,
                     limit=msg.limit, since_time=msg.since_time)
 

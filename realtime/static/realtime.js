@@ -89,14 +89,60 @@ export function applyEvent(docs, ev) {
     return docs.delete(k) ? "remove" : null;
   }
   const held = docs.get(k);
-  const version = ev.document?._version;
+  const version = ev.document ? ev.document._version : ev.updated?._version;
   if (held && typeof version === "number" && typeof held._version === "number" &&
       version <= held._version) {
     return null;
   }
-  if (!ev.document) return null;
+  if (!ev.document) {
+    // A projected subscription's update: the changed fields only.
+    if (!held || !ev.updated) return null;
+    docs.set(k, applyDelta(held, ev.updated, ev.removed ?? []));
+    return "update";
+  }
   docs.set(k, ev.document);
   return held ? "update" : "insert";
+}
+
+/**
+ * A copy of `doc` with an update's delta applied: each `removed` dotted path
+ * unset, then each `updated` path set (objects created as needed). What
+ * {@link applyEvent} does with the `update` of a subscription with `fields`.
+ * @param {object} doc
+ * @param {Record<string, unknown>} updated
+ * @param {string[]} removed
+ * @returns {object}
+ */
+export function applyDelta(doc, updated, removed) {
+  const copy = (value) => {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) {
+      out[k] = v !== null && typeof v === "object" && !Array.isArray(v) ? copy(v) : v;
+    }
+    return out;
+  };
+  const out = copy(doc);
+  for (const path of removed) {
+    const names = path.split(".");
+    const last = names.pop();
+    let node = out;
+    for (const name of names) node = node !== null && typeof node === "object" ? node[name] : undefined;
+    if (node !== null && typeof node === "object" && !Array.isArray(node)) delete node[last];
+  }
+  for (const [path, value] of Object.entries(updated)) {
+    const names = path.split(".");
+    const last = names.pop();
+    let node = out;
+    for (const name of names) {
+      if (!(name in node)) node[name] = {};
+      node = node[name];
+      if (node === null || typeof node !== "object" || Array.isArray(node)) {
+        throw new TypeError(`${path} goes through a value that is not an object`);
+      }
+    }
+    node[last] = value;
+  }
+  return out;
 }
 
 /**
@@ -128,6 +174,8 @@ export function keyOf(key) {
  * @property {boolean} [snapshot] start with the matching documents (a `snapshot` event)
  * @property {number} [limit] most documents in a snapshot (server default 100)
  * @property {string} [since] resume after this event id instead of starting now
+ * @property {string[]} [fields] only these dotted paths of each document (`_id`
+ *   and `_version` always come); an update carries only the changed ones
  * @property {string|Date} [sinceTime] replay every change committed from this time
  *   (an RFC 3339 string or a Date) from the oplog, then go live; not with
  *   `since` or `snapshot`
@@ -292,6 +340,7 @@ export class RealtimeClient {
       limit: options?.limit ?? null,
       since: options?.since ?? null,
       sinceTime: sinceTimeOf(options?.sinceTime),
+      fields: options?.fields ?? null,
       onEvent,
       wire: null,
       awaitingSnapshot: false,
@@ -469,6 +518,7 @@ export class RealtimeClient {
     const msg = { op: "subscribe", sub: wire, collection: sub.collection };
     if (sub.filter && Object.keys(sub.filter).length) msg.filter = sub.filter;
     if (sub.limit !== null) msg.limit = sub.limit;
+    if (sub.fields !== null) msg.fields = sub.fields;
     if (sub.since !== null) {
       msg.since = sub.since;
       sub.awaitingSnapshot = false;

@@ -192,6 +192,14 @@ test("the pure functions", () => {
     document: { _id: "a", _version: 1 } }), null, "an older version is ignored");
   assert.equal(applyEvent(docs, { type: "change", op: "leave", key: "zz" }), null);
   assert.equal(applyEvent(docs, { type: "change", op: "delete", key: "a" }), "remove");
+  // A projected subscription's update: the delta only.
+  applyEvent(docs, { type: "snapshot", documents: [{ _id: "p", _version: 1, c: { n: "x" }, g: 0 }] });
+  assert.equal(applyEvent(docs, { type: "change", op: "update", key: "p",
+    updated: { _version: 2, "c.t": 2, "d.e": 3 }, removed: ["g"] }), "update");
+  assert.deepEqual(docs.get(keyOf("p")), { _id: "p", _version: 2, c: { n: "x", t: 2 }, d: { e: 3 } });
+  assert.equal(applyEvent(docs, { type: "change", op: "update", key: "zz",
+    updated: { _version: 3, x: 1 }, removed: [] }), null, "not held: cannot apply");
+  assert.throws(() => realtime.applyDelta({ a: 1 }, { "a.b": 2 }, []), TypeError);
 });
 
 test("without a WebSocket the constructor says what to pass", () => {
@@ -346,6 +354,30 @@ test("sinceTime replays the changes committed from then on, then live",
     assert.equal(events[0].resumed, true);
     assert.deepEqual(summary(events), [...expected, "insert t4"]);
     assert.equal(sent.find((msg) => msg.op === "subscribe").since_time, from);
+    client.close();
+  });
+
+test("fields: a projected snapshot, then the changed fields only, applied in place",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_fields");
+    await post(BASE, coll, { _id: "f1", title: "T", body: "B", meta: { owner: "ann", n: 1 } });
+    const client = open(BASE);
+    const inbox = new Inbox();
+    const docs = new Map();
+    client.subscribe(coll, { snapshot: true, fields: ["title", "meta.owner"] }, (ev) => {
+      applyEvent(docs, ev);
+      inbox.push(ev);
+    });
+    const [snapshot] = (await inbox.until((ev) => ev.type === "snapshot", "snapshot")).slice(-1);
+    assert.deepEqual(snapshot.documents,
+      [{ _id: "f1", title: "T", meta: { owner: "ann" }, _version: 1 }]);
+    await patch(BASE, coll, "f1", { body: "C" }); // no projected field: nothing
+    await patch(BASE, coll, "f1", { title: "U", meta: { owner: "bob" } });
+    const [update] = (await inbox.until(isChange("f1"), "update")).slice(-1);
+    assert.equal(update.document, undefined);
+    assert.deepEqual(update.updated, { _version: 3, title: "U", "meta.owner": "bob" });
+    assert.deepEqual(docs.get(keyOf("f1")),
+      { _id: "f1", title: "U", meta: { owner: "bob" }, _version: 3 });
     client.close();
   });
 
