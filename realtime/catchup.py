@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from realtime import protocol, query
+from realtime.aggregate import AggregateSpec, pipeline
 from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import ChangeStream, Database, is_transient, token_order, token_time
@@ -311,6 +312,17 @@ class DatabaseHistory:
         finally:
             await stream.close()
         return ChangePage(changes, next_id)
+
+    async def aggregate(self, collection: str, filter: Mapping[str, Any], spec: AggregateSpec,
+                        max_groups: int) -> tuple[list[dict[str, Any]], Cluster | None]:
+        """The rows of ``spec``'s ``$group`` over the documents matching ``filter``
+        (at most ``max_groups + 1``), and the cluster time they reflect exactly.
+
+        Raises:
+            RealtimeError: the read failed.
+        """
+        return await self._db.collection(collection).aggregate_at(
+            pipeline(spec, query.to_mongo(dict(filter)), max_groups))
 
     def next_poll(self) -> int:
         """The number of the feed's first read to begin from now on."""

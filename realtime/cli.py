@@ -618,6 +618,10 @@ def tail(
     collection: Annotated[str, typer.Argument(help="Collection to watch.")],
     filter: Annotated[str | None, typer.Option("--filter", help="JSON filter.")] = None,
     since: Annotated[str | None, typer.Option(help="Resume after this event id.")] = None,
+    aggregate: Annotated[str | None, typer.Option(
+        "--aggregate", help='Follow a live aggregate instead of documents, e.g. '
+                            '\'{"group_by": "status", "count": true, "sum": ["total"]}\'.')
+    ] = None,
     fields: Annotated[str | None, typer.Option(
         "--fields", help="Only these comma-separated dotted paths of each document "
                          "(e.g. status,customer.name); an update shows the changed ones.")
@@ -653,6 +657,17 @@ def tail(
             check_fields(paths)
         except ValueError as exc:
             _fail(f"--fields {exc}", 2)
+    spec: dict[str, Any] | None = None
+    if aggregate is not None:
+        from realtime.aggregate import parse_spec
+
+        spec = _parse_json(aggregate, "--aggregate")
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            _fail(f"--aggregate: {exc}", 2)
+        if since is not None or since_time is not None or snapshot or fields is not None:
+            _fail("--aggregate excludes --since, --since-time, --snapshot and --fields", 2)
     if since_time is not None:
         from realtime.protocol import parse_time
 
@@ -664,7 +679,8 @@ def tail(
             _fail("--since-time excludes --since and --snapshot", 2)
     try:
         code = asyncio.run(_tail(collection, filter_, since, snapshot, json_out, max_delay,
-                                 url, token, since_time=since_time, fields=paths))
+                                 url, token, since_time=since_time, fields=paths,
+                                 aggregate=spec))
     except KeyboardInterrupt:
         code = 130
     if code:
@@ -674,7 +690,8 @@ def tail(
 async def _tail(collection: str, filter: dict[str, Any] | None, since: str | None,
                 snapshot: bool, json_out: bool, max_delay: float, url: str,
                 token: str | None, *, since_time: str | None = None,
-                fields: list[str] | None = None) -> int:
+                fields: list[str] | None = None,
+                aggregate: dict[str, Any] | None = None) -> int:
     """The body of ``tail``; returns the exit code (SIGTERM ends it with 0)."""
     import asyncio
 
@@ -682,6 +699,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
     from rich.markup import escape
 
     from realtime.client import (
+        Aggregate,
         Change,
         ClientError,
         ConnectError,
@@ -738,7 +756,8 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         async with connect(url, token=token, on_state=on_state, on_status=on_status,
                            delay=lambda n: backoff_delay(n, maximum=max_delay)) as client, \
                 client.subscribe(collection, filter=filter, snapshot=snapshot,
-                                 since=since, since_time=since_time, fields=fields) as sub:
+                                 since=since, since_time=since_time, fields=fields,
+                                 aggregate=aggregate) as sub:
             async for event in sub:
                 if isinstance(event, Subscribed):
                     head = event.head or "none"
@@ -759,6 +778,19 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
                               f"[bold]{escape(_cell(event.key))}[/] {body}")
                 elif isinstance(event, Snapshot):
                     out.print(_documents_table(f"{collection} snapshot", event.documents))
+                elif isinstance(event, Aggregate):
+                    for group in event.groups:
+                        key = " ".join(f"{k}={_dumps(v)}" for k, v in group["key"].items())
+                        if group.get("removed"):
+                            out.print(f"[red]removed[/] [bold]{escape(key or '(all)')}[/]")
+                            continue
+                        values = " ".join(
+                            f"{name}.{path}={_dumps(value)}" if name != "count"
+                            else f"count={value}"
+                            for name in ("count", "sum", "avg", "min", "max") if name in group
+                            for path, value in (group[name].items() if name != "count"
+                                                else [("", group[name])]))
+                        out.print(f"[bold]{escape(key or '(all)')}[/] {escape(values)}")
                 elif isinstance(event, Reset):
                     out.print(f"[bold yellow]reset[/] ({escape(event.reason)}): "
                               "reloading the current documents")

@@ -69,6 +69,8 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 __all__ = [
     "BACKOFF_MAX",
     "BACKOFF_MIN",
+    "Aggregate",
+    "AggregateView",
     "Change",
     "Client",
     "ClientError",
@@ -211,13 +213,49 @@ class Reset:
     reason: str
 
 
-Event: TypeAlias = Subscribed | Snapshot | Change | Reset
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """A live aggregate's groups: every group when ``full`` (the first message, and
+    after each reconnect), else the groups that changed (a removed group is
+    ``{"key": ..., "removed": True}``). :class:`AggregateView` keeps them."""
+
+    groups: list[dict[str, Any]]
+    full: bool
+
+
+Event: TypeAlias = Subscribed | Snapshot | Change | Reset | Aggregate
+
+
+class AggregateView:
+    """The groups of a live aggregate, kept current by :meth:`apply`.
+
+    ``groups`` maps each group's key (its JSON text, keys sorted) to the group.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, Any]] = {}
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; True if the groups changed (only :class:`Aggregate` does)."""
+        if not isinstance(event, Aggregate):
+            return False
+        if event.full:
+            self.groups.clear()
+        for group in event.groups:
+            key = orjson.dumps(group.get("key"), option=orjson.OPT_SORT_KEYS).decode()
+            if group.get("removed"):
+                self.groups.pop(key, None)
+            else:
+                self.groups[key] = group
+        return True
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
     """A JSON-ready dict of ``event`` with a ``type`` field (as the CLI prints it)."""
     if isinstance(event, Change):
         return event.to_json()
+    if isinstance(event, Aggregate):
+        return {"type": "aggregate", "full": event.full, "groups": event.groups}
     if isinstance(event, Snapshot):
         return {"type": "snapshot", "documents": event.documents, "head": event.head,
                 "reload": event.reload}
@@ -404,8 +442,11 @@ class Subscription:
 
     def __init__(self, client: Client, collection: str, *, filter: Mapping[str, Any] | None,
                  snapshot: bool, limit: int | None, since: str | None, max_queue: int,
-                 since_time: str | None = None, fields: Sequence[str] | None = None) -> None:
+                 since_time: str | None = None, fields: Sequence[str] | None = None,
+                 aggregate: Mapping[str, Any] | None = None) -> None:
         self.collection = collection
+        #: A live aggregate's spec (None: documents).
+        self.aggregate = dict(aggregate) if aggregate is not None else None
         #: Only these dotted paths of each document (None: whole documents).
         self.fields = list(fields) if fields is not None else None
         self.filter = dict(filter) if filter else None
@@ -603,6 +644,7 @@ class Client:
         max_queue: int | None = None,
         since_time: str | dt.datetime | None = None,
         fields: Sequence[str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
     ) -> Subscription:
         """Start a live query on ``collection``; iterate the result for events.
 
@@ -613,8 +655,11 @@ class Client:
         goes live. ``fields`` (dotted paths) projects every document to those
         fields (and ``_id``, ``_version``): an ``update`` then carries only the
         changed ones (:class:`LiveView` applies them), and none when it changed
-        none of them. The subscription is sent at once if connected, else as soon as
-        the client connects.
+        none of them. ``aggregate`` (``{"group_by": ..., "count": True, "sum":
+        [...], ...}``) subscribes to a live aggregate instead of documents:
+        :class:`Aggregate` events (:class:`AggregateView` keeps the groups), the
+        full result again after every reconnect. The subscription is sent at once
+        if connected, else as soon as the client connects.
 
         Raises:
             ClientError: the client is closed.
@@ -625,9 +670,13 @@ class Client:
             raise ClientError("the client is closed")
         if since_time is not None and (since is not None or snapshot):
             raise ValueError("since_time excludes since and snapshot")
+        if aggregate is not None and (snapshot or since is not None or since_time is not None
+                                      or fields is not None or limit is not None):
+            raise ValueError("aggregate excludes snapshot, limit, since, since_time and fields")
         sub = Subscription(self, collection, filter=filter, snapshot=snapshot, limit=limit,
                            since=since, max_queue=max_queue or self._max_queue,
-                           since_time=_rfc3339(since_time), fields=fields)
+                           since_time=_rfc3339(since_time), fields=fields,
+                           aggregate=aggregate)
         self._subs.append(sub)
         if self.state is ConnectionState.OPEN:
             self._send_subscribe(sub, reload=False)
@@ -788,7 +837,8 @@ class Client:
         self._wire.clear()
         self._set_state(ConnectionState.OPEN)
         for sub in self._subs:
-            if sub.since is None and sub.since_time is None and sub._ever_subscribed:
+            if (sub.since is None and sub.since_time is None and sub.aggregate is None
+                    and sub._ever_subscribed):
                 await sub._put(Reset("no_position"))
                 self._send_subscribe(sub, reload=True)
             else:
@@ -831,6 +881,14 @@ class Client:
         message: dict[str, Any] = {"op": "subscribe", "sub": wire, "collection": sub.collection}
         if sub.filter:
             message["filter"] = sub.filter
+        if sub.aggregate is not None:
+            message["aggregate"] = sub.aggregate
+            sub._awaiting_snapshot = sub._resumed = False
+            sub._reload = reload
+            sub.wire = wire
+            self._wire[wire] = sub
+            self._send(message)
+            return
         if sub.limit is not None:
             message["limit"] = sub.limit
         if sub.fields is not None:
@@ -897,6 +955,9 @@ class Client:
             sub.since = message.get("head")
             await sub._put(Snapshot(documents=message.get("documents") or [],
                                     head=message.get("head"), reload=sub._reload))
+        elif kind == "aggregate":
+            await sub._put(Aggregate(groups=message.get("groups") or [],
+                                     full=bool(message.get("full"))))
         elif kind == "change":
             sub.since = message["id"]
             sub.since_time = None

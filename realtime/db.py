@@ -411,6 +411,35 @@ class Collection:
                 at = session.operation_time
         return docs, None if at is None else (at.time, at.inc)
 
+    async def aggregate_at(
+        self, pipeline: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        """The rows of ``pipeline``, read at one point in time, and that time.
+
+        A snapshot read (read concern ``snapshot``: majority-committed data as of
+        one cluster time, in a snapshot session): the rows reflect exactly the
+        changes committed at or before the returned cluster time and none after
+        (None if the server gave no time).
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached.
+            RealtimeError: the database refused the pipeline.
+        """
+        rows: list[dict[str, Any]] = []
+        async with _translated(self._wait):
+            started = self._coll.database.client.start_session(snapshot=True)
+            session = await started if asyncio.iscoroutine(started) else started
+            async with session:
+                opened = self._coll.aggregate(list(pipeline), session=session)
+                cursor = await opened if asyncio.iscoroutine(opened) else opened
+                try:
+                    async for row in cursor:
+                        rows.append(row)
+                finally:
+                    await cursor.close()
+                at = session.operation_time
+        return rows, None if at is None else (at.time, at.inc)
+
     async def find_one_and_replace(
         self, query: Mapping[str, Any], doc: dict[str, Any], *, upsert: bool = False
     ) -> dict[str, Any] | None:

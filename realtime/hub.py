@@ -14,6 +14,7 @@ the read, so nothing is lost or sent twice).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import weakref
@@ -23,6 +24,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from realtime import protocol
+from realtime.aggregate import AggregateSpec, TooManyGroups
 from realtime.codec import dumps_str, key_to_json
 from realtime.errors import RealtimeError
 from realtime.events import Event
@@ -40,6 +42,15 @@ class History(Protocol):
     async def snapshot(self, collection: str, filter: Mapping[str, Any],
                        limit: int) -> tuple[list[dict[str, Any]], Cluster | None]:
         """The documents matching ``filter`` and the cluster time the read finished at.
+
+        Raises:
+            RealtimeError: the read failed.
+        """
+
+    async def aggregate(self, collection: str, filter: Mapping[str, Any], spec: AggregateSpec,
+                        max_groups: int) -> tuple[list[dict[str, Any]], Cluster | None]:
+        """The rows of ``spec``'s ``$group`` over ``filter``, and the cluster time they
+        reflect exactly (every change at or before it, none after).
 
         Raises:
             RealtimeError: the read failed.
@@ -85,6 +96,10 @@ class Hub:
         #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
         #: connection is told after ``welcome`` unless it is live.
         self.feed_status: str = protocol.FEED_LIVE
+        #: Live aggregates waiting to send their changed groups: the timer of each.
+        self._flushes: dict[Subscription, asyncio.TimerHandle] = {}
+        #: When each live aggregate last sent (event loop time).
+        self._sent_at: dict[Subscription, float] = {}
         #: Projections by their paths, while a subscription holds them.
         self._projections: weakref.WeakValueDictionary[tuple[str, ...], Projection] = (
             weakref.WeakValueDictionary())
@@ -131,6 +146,10 @@ class Hub:
         """Stop routing events to ``subscription``; it ENDS."""
         subscription.end()
         self._settling.pop(subscription, None)
+        timer = self._flushes.pop(subscription, None)
+        if timer is not None:
+            timer.cancel()
+        self._sent_at.pop(subscription, None)
         index = self._indexes.get(subscription.collection)
         if index is not None and index.remove(subscription) and not index:
             del self._indexes[subscription.collection]
@@ -154,6 +173,9 @@ class Hub:
         """
         conn = subscription.conn
         sub = subscription.sub
+        if subscription.aggregate is not None:
+            await self._start_aggregate(subscription, history)
+            return
         if since_time is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
             subscription.catch_up()  # live events held back meanwhile
@@ -197,6 +219,88 @@ class Hub:
                 shown[key_to_json(doc.get("_id"))] = doc
         conn.send(protocol.render_snapshot(sub, documents, head))
         self.settle(subscription, shown, horizon, poll)
+
+    async def _start_aggregate(self, subscription: Subscription, history: History) -> None:
+        """``subscribed``, the database's full result (``aggregate``, ``full``), then live.
+
+        The result is read at one cluster time: the events held meanwhile and
+        those the feed publishes later at or before it are already counted, the
+        others are applied (:meth:`Subscription.go_live` with that floor).
+        """
+        state = subscription.aggregate
+        assert state is not None  # noqa: S101 - the caller checked
+        conn, sub = subscription.conn, subscription.sub
+        subscription.hold()
+        head = self.head()
+        self.add(subscription)
+        conn.send(protocol.render_subscribed(sub, head))
+        try:
+            rows, horizon = await history.aggregate(subscription.collection,
+                                                    subscription.filter, state.spec,
+                                                    state.max_groups)
+        except RealtimeError as exc:
+            self.remove(subscription)
+            conn.send(protocol.render_error(protocol.ErrorCode.INTERNAL,
+                                            f"aggregate failed: {exc.detail}", sub))
+            return
+        if subscription.phase is Phase.ENDED:
+            return  # unsubscribed or closed meanwhile
+        try:
+            state.load(rows)
+        except TooManyGroups:
+            self._too_many_groups(subscription)
+            return
+        conn.send(protocol.render_aggregate(sub, dumps_str(state.result()), full=True))
+        subscription.notify = self._aggregate_changed
+        self._sent_at[subscription] = asyncio.get_running_loop().time()
+        subscription.go_live(floor=horizon)
+
+    def _over_limit(self, subscription: Subscription) -> None:
+        if subscription.phase is not Phase.ENDED:  # (not unsubscribed meanwhile)
+            self._too_many_groups(subscription)
+
+    def _too_many_groups(self, subscription: Subscription) -> None:
+        self.remove(subscription)
+        state = subscription.aggregate
+        limit = state.max_groups if state is not None else 0
+        subscription.conn.send(protocol.render_error(
+            protocol.ErrorCode.TOO_MANY_GROUPS,
+            f"the aggregate has more than {limit} groups (REALTIME_AGGREGATE_MAX_GROUPS); "
+            "narrow the filter or group_by", subscription.sub))
+
+    def _aggregate_changed(self, subscription: Subscription) -> None:
+        """A live aggregate changed: send its groups at most once per ``throttle_ms``."""
+        broken = subscription.broken
+        if broken == protocol.ErrorCode.TOO_MANY_GROUPS:
+            # (Told during a fan-out over the index: removed right after it.)
+            subscription.notify = None
+            asyncio.get_running_loop().call_soon(self._over_limit, subscription)
+            return
+        if broken is not None:
+            # An update without its pre-image: the client reloads the aggregate.
+            subscription.conn.send(protocol.render_resync(
+                subscription.sub, protocol.ResyncReason.INVALIDATED))
+            subscription.notify = None
+            return
+        if subscription in self._flushes or subscription.phase is not Phase.LIVE:
+            return  # (held events are applied when it goes live, then flushed)
+        state = subscription.aggregate
+        assert state is not None  # noqa: S101 - only aggregates are told
+        loop = asyncio.get_running_loop()
+        due = self._sent_at.get(subscription, 0.0) + state.spec.throttle_ms / 1000
+        self._flushes[subscription] = loop.call_at(max(due, loop.time()),
+                                                   self._flush_aggregate, subscription)
+
+    def _flush_aggregate(self, subscription: Subscription) -> None:
+        self._flushes.pop(subscription, None)
+        state = subscription.aggregate
+        if state is None or subscription.phase is not Phase.LIVE or not state.dirty:
+            return
+        changes = state.take_changes()
+        if changes:  # (not when every change was a group opened and closed unseen)
+            self._sent_at[subscription] = asyncio.get_running_loop().time()
+            subscription.conn.send(protocol.render_aggregate(
+                subscription.sub, dumps_str(changes), full=False))
 
     def settle(self, subscription: Subscription, shown: Mapping[Any, Mapping[str, Any]],
                horizon: Cluster | None, poll: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import orjson
 
-from realtime import names, projection, query
+from realtime import aggregate, names, projection, query
 
 __all__ = [
     "CHANGE_OPS",
@@ -56,6 +56,7 @@ __all__ = [
     "leave_body",
     "parse_client_message",
     "parse_time",
+    "render_aggregate",
     "render_authenticated",
     "render_change",
     "render_error",
@@ -129,6 +130,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_SUB = "unknown_sub"
     #: More than the per-connection subscription limit.
     TOO_MANY_SUBS = "too_many_subs"
+    #: A live aggregate has more groups than ``REALTIME_AGGREGATE_MAX_GROUPS``;
+    #: the subscription has ended.
+    TOO_MANY_GROUPS = "too_many_groups"
     #: The credentials do not allow this.
     FORBIDDEN = "forbidden"
     #: A server-side failure.
@@ -193,6 +197,8 @@ class Subscribe:
     since_time: dt.datetime | None = None
     #: The projection's paths (``projection.check_fields``); None: whole documents.
     fields: tuple[str, ...] | None = None
+    #: A live aggregate instead of documents (``aggregate.parse_spec``).
+    aggregate: aggregate.AggregateSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +226,7 @@ ClientMessage: TypeAlias = Subscribe | Unsubscribe | Ping | Auth
 
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     "subscribe": frozenset({"op", "sub", "collection", "filter", "snapshot", "limit", "since",
-                            "since_time", "fields"}),
+                            "since_time", "fields", "aggregate"}),
     "unsubscribe": frozenset({"op", "sub"}),
     "ping": frozenset({"op", "ref"}),
     "auth": frozenset({"op", "token"}),
@@ -321,6 +327,17 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
         except ValueError as exc:
             _bad(f"'fields' {exc}", sub)
 
+    spec = obj.get("aggregate")
+    if spec is not None:
+        try:
+            spec = aggregate.parse_spec(spec)
+        except ValueError as exc:
+            _bad(str(exc), sub)
+        clash = [name for name in ("snapshot", "limit", "since", "since_time", "fields")
+                 if obj.get(name) is not None]
+        if clash:
+            _bad(f"'aggregate' cannot be combined with {_quote(clash[0])}", sub)
+
     return Subscribe(
         sub=sub,
         collection=collection,
@@ -330,6 +347,7 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
         since=since,
         since_time=since_time,
         fields=fields,
+        aggregate=spec,
     )
 
 
@@ -487,6 +505,19 @@ def render_snapshot(sub: str, documents: Sequence[str], head: str | None) -> str
         + _json(head)
         + "}"
     )
+
+
+def render_aggregate(sub: str, groups: str, full: bool = False) -> str:
+    """``{"type":"aggregate","sub":...,"full":...,"groups":[...]}``: a live aggregate's
+    groups, all of them (``full``, the first message) or those that changed.
+
+    ``groups`` is the already-encoded JSON array of the groups, spliced in as it is.
+
+    Raises:
+        TypeError: if ``sub`` cannot be encoded as JSON.
+    """
+    return ('{"type":"aggregate","sub":' + _json(sub) + ',"full":'
+            + ("true" if full else "false") + ',"groups":' + groups + "}")
 
 
 def render_resync(sub: str, reason: str) -> str:

@@ -36,6 +36,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from realtime import protocol, query
+from realtime.aggregate import AggregateState, TooManyGroups
 from realtime.events import Event
 from realtime.projection import Projection
 
@@ -105,11 +106,13 @@ class Subscription:
     and catch-ups go through it.)
     """
 
-    __slots__ = ("_held", "collection", "conn", "fields", "filter", "floor", "horizon",
-                 "match", "owner", "phase", "prefix", "projection", "shown", "sub")
+    __slots__ = ("_held", "aggregate", "broken", "collection", "conn", "fields", "filter",
+                 "floor", "horizon", "match", "notify", "owner", "phase", "prefix",
+                 "projection", "shown", "sub")
 
     def __init__(self, conn: Outlet, sub: str, collection: str, filter: Mapping[str, Any],
-                 owner: Owner | None = None, projection: Projection | None = None) -> None:
+                 owner: Owner | None = None, projection: Projection | None = None,
+                 aggregate: AggregateState | None = None) -> None:
         self.conn = conn
         self.sub = sub
         self.collection = collection
@@ -121,6 +124,13 @@ class Subscription:
         self.fields = query.fields(self.filter) if self.filter else None
         #: The fields the client receives (None: whole documents).
         self.projection = projection
+        #: A live aggregate's groups, which changes update instead of being sent.
+        self.aggregate = aggregate
+        #: Told when the aggregate changed (the hub sends it, throttled), or broke.
+        self.notify: Callable[[Subscription], None] | None = None
+        #: Why the aggregate can no longer be kept (``too_many_groups`` or a missing
+        #: pre-image), or None.
+        self.broken: str | None = None
         self.prefix = protocol.change_prefix(sub)
         self.phase = Phase.LIVE
         #: Events held back, with the op each gives (HOLDING, SETTLING, CATCHING_UP).
@@ -208,6 +218,9 @@ class Subscription:
     def send(self, op: str, ev: Event) -> None:
         """Send ``ev`` as ``op`` through the outlet (projected, if so asked: then an
         update that changes no projected field sends nothing)."""
+        if self.aggregate is not None:
+            self._aggregate(self.aggregate, op, ev)
+            return
         if self.projection is None:
             self.conn.send_change(ev, self.prefix, op)
             return
@@ -221,6 +234,26 @@ class Subscription:
         if projection is None:
             return ev.leave if op == "leave" else ev.body
         return ev.projected(projection, op, op == "update" and self._had(ev))
+
+    def _aggregate(self, state: AggregateState, op: str, ev: Event) -> None:
+        """The document's old version leaves the aggregate, its new one joins it."""
+        if self.broken is not None:
+            return
+        before = ev.before
+        if op == "insert":
+            old = None
+        elif before is None:
+            self.broken = "no_pre_image"  # what it counted for is unknown
+        else:
+            old = before if self.match is None or self.match(before) else None
+        if self.broken is None:
+            new = ev.document if op in ("insert", "update", "replace") else None
+            try:
+                state.apply(old, new)
+            except TooManyGroups:
+                self.broken = protocol.ErrorCode.TOO_MANY_GROUPS
+        if (self.broken is not None or state.dirty) and self.notify is not None:
+            self.notify(self)
 
     def _had(self, ev: Event) -> bool:
         """True if the document was inside the filter before this update (the client

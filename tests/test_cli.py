@@ -170,6 +170,9 @@ def test_every_argument_and_option_has_help() -> None:
     (("tail", "orders", "--filter", "[1"), "--filter is not valid JSON"),
     (("tail", "orders", "--since-time", "9am"), "--since-time is not an RFC 3339 timestamp"),
     (("tail", "orders", "--fields", "a,$b"), "--fields '$b' is not a field path"),
+    (("tail", "orders", "--aggregate", '{"count": 1}'), "--aggregate: 'count' must be true"),
+    (("tail", "orders", "--aggregate", '{"count": true}', "--snapshot"),
+     "--aggregate excludes"),
     (("tail", "orders", "--since-time", "2026-01-01T09:00:00Z", "--snapshot"),
      "--since-time excludes --since and --snapshot"),
     (("rm", "orders"), "Missing argument"),
@@ -602,6 +605,27 @@ async def test_tail_fields_prints_projected_documents_and_deltas(
         updated = await tail.json()
         assert (updated["op"], updated.get("document"), updated["updated"]) == (
             "update", None, {"_version": 3, "title": "U"})
+    finally:
+        await stop(tail)
+
+
+async def test_tail_aggregate_prints_the_groups_as_they_change(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    await http.post(DOCS.format("sales"), json={"_id": "s1", "region": "eu", "amount": 5})
+    spec = '{"group_by": "region", "count": true, "sum": ["amount"], "throttle_ms": 0}'
+    tail = await start_tail("sales", "--json", "--aggregate", spec, "--url", live.url)
+    try:
+        first = await tail.json()
+        assert first == {"type": "aggregate", "full": True, "groups": [
+            {"key": {"region": "eu"}, "count": 1, "sum": {"amount": 5}}]}
+        await http.post(DOCS.format("sales"), json={"_id": "s2", "region": "eu", "amount": 2})
+        assert (await tail.json())["groups"] == [
+            {"key": {"region": "eu"}, "count": 2, "sum": {"amount": 7}}]
+    finally:
+        await stop(tail)
+    tail = await start_tail("sales", "--aggregate", spec, "--url", live.url)
+    try:
+        assert (await tail.line()).rstrip() == 'region="eu" count=2 sum.amount=7'
     finally:
         await stop(tail)
 

@@ -17,6 +17,8 @@ from pymongo import AsyncMongoClient
 from realtime.client import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    Aggregate,
+    AggregateView,
     Change,
     ConnectError,
     ConnectionRejected,
@@ -302,6 +304,37 @@ async def test_since_time_replays_then_resumes_by_id_across_a_reconnect(
     with pytest.raises(ValueError, match="aware"):
         async with connect(live.url) as client:
             client.subscribe("log", since_time=dt.datetime(2026, 1, 1))
+
+
+async def test_a_live_aggregate_is_kept_and_reloaded_in_full_after_a_reconnect(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    states = StateLog()
+    await post(http, "sales", {"_id": "a", "region": "eu", "amount": 3})
+    spec = {"group_by": "region", "count": True, "sum": ["amount"], "throttle_ms": 0}
+    async with connect(live.url, on_state=states, delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("sales", aggregate=spec) as sub:
+        view = AggregateView()
+        events = await until(sub, lambda e: isinstance(e, Aggregate))
+        assert view.apply(events[-1])
+        assert list(view.groups.values()) == [
+            {"key": {"region": "eu"}, "count": 1, "sum": {"amount": 3}}]
+        await post(http, "sales", {"_id": "b", "region": "us", "amount": 4})
+        changed = await next_event(sub)
+        assert changed == Aggregate(groups=[{"key": {"region": "us"}, "count": 1,
+                                             "sum": {"amount": 4}}], full=False)
+        view.apply(changed)
+        live.app.state.services.hub.close_all(1011, "test drop")
+        await states.wait_for(ConnectionState.RECONNECTING)
+        await http.delete(f"{DOCS.format('sales')}/a")
+        client.reconnect_now()
+        events = await until(sub, lambda e: isinstance(e, Aggregate))
+        assert [type(e).__name__ for e in events] == ["Subscribed", "Aggregate"]
+        view.apply(events[-1])
+        assert list(view.groups.values()) == [
+            {"key": {"region": "us"}, "count": 1, "sum": {"amount": 4}}]
+    with pytest.raises(ValueError, match="aggregate excludes"):
+        async with connect(live.url) as client:
+            client.subscribe("sales", aggregate=spec, snapshot=True)
 
 
 async def test_subscription_errors_end_the_iteration(live: LiveServer) -> None:

@@ -164,10 +164,10 @@ OVERSIZE = "x" * (70 * 1024)
 #: Close codes a fuzzed connection may see: too big, unauthenticated. Never 1011.
 ALLOWED_CLOSES = {1009, 4401}
 SERVER_TYPES = {"welcome", "authenticated", "subscribed", "snapshot", "change", "resync",
-                "error", "pong"}
+                "error", "pong", "aggregate"}
 ERROR_CODES = {"bad_json", "bad_message", "unknown_op", "bad_filter", "bad_collection",
                "bad_since", "duplicate_sub", "unknown_sub", "too_many_subs", "forbidden",
-               "internal"}
+               "internal", "too_many_groups"}
 
 json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
@@ -201,6 +201,16 @@ messages = st.fixed_dictionaries(
         "fields": st.lists(st.sampled_from(["a", "a.b", "tenant", "_id", "v.b", "", "$x",
                                             "a..b"]) | json_scalars, max_size=4)
                   | json_values,
+        "aggregate": st.fixed_dictionaries({}, optional={
+            "group_by": st.sampled_from(["a", "tenant", "v.b", "$x", ""]) | json_values,
+            "count": st.booleans() | json_scalars,
+            "sum": st.lists(st.sampled_from(["a", "v.b", "a..b"]), max_size=3) | json_scalars,
+            "avg": st.just(["a"]) | json_scalars,
+            "min": st.just(["a"]) | json_scalars,
+            "max": st.just(["v"]) | json_scalars,
+            "throttle_ms": st.integers(-1, 70_000) | json_scalars,
+            "extra": json_values,
+        }) | json_values,
         "ref": json_values,
         "token": st.sampled_from([TENANT_KEY, ADMIN_KEY, "nope", ""]) | json_values,
         "extra": json_values,

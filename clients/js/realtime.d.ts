@@ -89,7 +89,15 @@ export type SubscriptionEvent<D = Document> =
   | SnapshotEvent<D>
   | ChangeEvent<D>
   | ResetEvent
+  | AggregateEvent
   | SubscriptionErrorEvent;
+
+/** A live aggregate's groups: all of them when `full`, else those that changed. */
+export interface AggregateEvent {
+  type: "aggregate";
+  groups: AggregateGroup[];
+  full: boolean;
+}
 
 /** What {@link applyEvent} did to the map. */
 export type ApplyResult = "reset" | "insert" | "update" | "remove" | null;
@@ -122,6 +130,7 @@ export type ServerMessage =
   | { type: "subscribed"; sub: string; head: EventId | null }
   | { type: "snapshot"; sub: string; documents: Document[]; head: EventId | null }
   | ({ sub: string } & Omit<ChangeEvent, "type"> & { type: "change" })
+  | { type: "aggregate"; sub: string; full: boolean; groups: AggregateGroup[] }
   | { type: "resync"; sub: string; reason: "history_lost" | "invalidated" | "overflow" }
   | { type: "error"; sub?: string; code: string; message: string }
   | { type: "pong"; ref?: string | number }
@@ -139,6 +148,7 @@ export type ClientMessage =
       since?: EventId;
       since_time?: string;
       fields?: string[];
+      aggregate?: AggregateSpec;
     }
   | { op: "unsubscribe"; sub: string }
   | { op: "ping"; ref: string }
@@ -169,6 +179,38 @@ export interface SubscribeOptions {
    * and an update that changes none of them sends nothing.
    */
   fields?: string[] | null;
+  /**
+   * A live aggregate instead of documents: `aggregate` events, the database's full
+   * result first (and again after every reconnect), then the changed groups, at
+   * most one message per `throttle_ms` (default 100). Not with the options above.
+   */
+  aggregate?: AggregateSpec | null;
+}
+
+/** What a live aggregate computes (docs/protocol.md, "Live aggregates"). */
+export interface AggregateSpec {
+  /** Up to 3 dotted paths; without it, one group (key `{}`). */
+  group_by?: string | string[];
+  count?: boolean;
+  sum?: string | string[];
+  avg?: string | string[];
+  min?: string | string[];
+  max?: string | string[];
+  /** Coalescing window in ms, 0 to 60000 (default 100). */
+  throttle_ms?: number;
+}
+
+/** One group of a live aggregate. */
+export interface AggregateGroup {
+  /** Each `group_by` path's value (`null` when missing). */
+  key: Record<string, unknown>;
+  /** The group has no document left (then only `key` is present). */
+  removed?: true;
+  count?: number;
+  sum?: Record<string, number>;
+  avg?: Record<string, number | null>;
+  min?: Record<string, unknown>;
+  max?: Record<string, unknown>;
 }
 
 /**
@@ -331,6 +373,19 @@ export declare function applyDelta<D = Document>(
   updated: Record<string, unknown>,
   removed: string[],
 ): D;
+
+/**
+ * Apply an `aggregate` event to a map of groups keyed by {@link groupKey}: a `full`
+ * one replaces everything, others update the groups they name and drop the
+ * `removed` ones. Returns true if `ev` was an `aggregate` event.
+ */
+export declare function applyAggregate<D = Document>(
+  groups: Map<string, AggregateGroup>,
+  ev: SubscriptionEvent<D>,
+): boolean;
+
+/** The map key of a group's `key` as {@link applyAggregate} uses it (JSON, fields sorted). */
+export declare function groupKey(key: Record<string, unknown>): string;
 
 /** Create a {@link RealtimeClient} and, unless `autoConnect` is false, open it. */
 export declare function connect(url?: string, options?: ConnectOptions): RealtimeClient;

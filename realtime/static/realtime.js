@@ -146,6 +146,38 @@ export function applyDelta(doc, updated, removed) {
 }
 
 /**
+ * Apply an `aggregate` event to a map of groups keyed by the JSON of their `key`:
+ * a `full` one replaces everything, others update the groups they name and drop
+ * the `removed` ones. Returns true if it was an `aggregate` event.
+ * @param {Map<string, object>} groups
+ * @param {object} ev
+ * @returns {boolean}
+ */
+export function applyAggregate(groups, ev) {
+  if (ev.type !== "aggregate") return false;
+  if (ev.full) groups.clear();
+  for (const group of ev.groups) {
+    const k = groupKey(group.key);
+    if (group.removed) groups.delete(k);
+    else groups.set(k, group);
+  }
+  return true;
+}
+
+/**
+ * The map key of a group as {@link applyAggregate} uses it: its `key` as JSON,
+ * object fields sorted.
+ * @param {object} key
+ * @returns {string}
+ */
+export function groupKey(key) {
+  const sorted = (v) => (v !== null && typeof v === "object" && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted(v[k])]))
+    : Array.isArray(v) ? v.map(sorted) : v);
+  return JSON.stringify(sorted(key ?? {}));
+}
+
+/**
  * `sinceTime` as the protocol sends it (RFC 3339), or null.
  * @param {string|Date|undefined|null} value
  * @returns {string|null}
@@ -174,6 +206,9 @@ export function keyOf(key) {
  * @property {boolean} [snapshot] start with the matching documents (a `snapshot` event)
  * @property {number} [limit] most documents in a snapshot (server default 100)
  * @property {string} [since] resume after this event id instead of starting now
+ * @property {object} [aggregate] a live aggregate instead of documents, e.g.
+ *   `{group_by: "status", count: true, sum: ["total"], throttle_ms: 100}`:
+ *   `aggregate` events (the full result first, then the changed groups)
  * @property {string[]} [fields] only these dotted paths of each document (`_id`
  *   and `_version` always come); an update carries only the changed ones
  * @property {string|Date} [sinceTime] replay every change committed from this time
@@ -341,6 +376,7 @@ export class RealtimeClient {
       since: options?.since ?? null,
       sinceTime: sinceTimeOf(options?.sinceTime),
       fields: options?.fields ?? null,
+      aggregate: options?.aggregate ?? null,
       onEvent,
       wire: null,
       awaitingSnapshot: false,
@@ -517,6 +553,16 @@ export class RealtimeClient {
     const wire = `s${this._nextSub++}`;
     const msg = { op: "subscribe", sub: wire, collection: sub.collection };
     if (sub.filter && Object.keys(sub.filter).length) msg.filter = sub.filter;
+    if (sub.aggregate !== null) {
+      msg.aggregate = sub.aggregate;
+      sub.awaitingSnapshot = false;
+      sub.resumed = false;
+      sub.reload = reload;
+      sub.wire = wire;
+      this._wire.set(wire, sub);
+      this._send(msg);
+      return;
+    }
     if (sub.limit !== null) msg.limit = sub.limit;
     if (sub.fields !== null) msg.fields = sub.fields;
     if (sub.since !== null) {
@@ -557,7 +603,8 @@ export class RealtimeClient {
         this._setState("open", { welcome: msg });
         this._startWatchdog(msg.heartbeat);
         for (const sub of this._subs) {
-          if (sub.since === null && sub.sinceTime === null && sub.everSubscribed) {
+          if (sub.since === null && sub.sinceTime === null && sub.aggregate === null &&
+              sub.everSubscribed) {
             // We were subscribed but never learnt a position: reload.
             this._deliver(sub, { type: "reset", reason: "no_position" });
             this._sendSubscribe(sub, true);
@@ -568,6 +615,7 @@ export class RealtimeClient {
         return;
       case "subscribed":
       case "snapshot":
+      case "aggregate":
       case "change":
       case "resync":
       case "error":
@@ -602,6 +650,9 @@ export class RealtimeClient {
           type: "snapshot", documents: msg.documents, head: msg.head ?? null,
           reload: Boolean(sub.reload),
         });
+        return;
+      case "aggregate":
+        this._deliver(sub, { type: "aggregate", groups: msg.groups ?? [], full: Boolean(msg.full) });
         return;
       case "change": {
         sub.since = msg.id;

@@ -381,6 +381,33 @@ test("fields: a projected snapshot, then the changed fields only, applied in pla
     client.close();
   });
 
+test("aggregate: the full result, then the changed groups, kept by applyAggregate",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_agg");
+    await post(BASE, coll, { _id: "o1", status: "open", total: 5 });
+    await post(BASE, coll, { _id: "o2", status: "open", total: 7 });
+    const client = open(BASE);
+    const inbox = new Inbox();
+    const groups = new Map();
+    client.subscribe(coll, { aggregate: { group_by: "status", count: true, sum: ["total"],
+      max: ["total"], throttle_ms: 0 } }, (ev) => {
+      realtime.applyAggregate(groups, ev);
+      inbox.push(ev);
+    });
+    const [first] = (await inbox.until((ev) => ev.type === "aggregate", "full")).slice(-1);
+    assert.equal(first.full, true);
+    assert.deepEqual(first.groups,
+      [{ key: { status: "open" }, count: 2, sum: { total: 12 }, max: { total: 7 } }]);
+    await patch(BASE, coll, "o2", { status: "paid" });
+    await inbox.until(() => groups.size === 2 &&
+      groups.get(realtime.groupKey({ status: "open" })).count === 1, "o2 moved to paid");
+    assert.deepEqual(groups.get(realtime.groupKey({ status: "paid" })),
+      { key: { status: "paid" }, count: 1, sum: { total: 7 }, max: { total: 7 } });
+    await del(BASE, coll, "o1");
+    await inbox.until(() => groups.size === 1, "the open group removed");
+    client.close();
+  });
+
 test("kill -9 of the server, writes elsewhere, restart: every missed change once",
   { skip: NO_SERVE, timeout: 120_000 }, async () => {
     const port = await freePort();
