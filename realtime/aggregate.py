@@ -412,6 +412,12 @@ class AggregateState:
         self._shown = set(self._groups)
         return [self._render(group) for group in self._groups.values()]
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every group, rendered, for a client joining now (the changes stay pending
+        for the others; a group it is shown is then reported when it goes)."""
+        self._shown.update(self._groups)
+        return [self._render(group) for group in self._groups.values()]
+
     def take_changes(self) -> list[dict[str, Any]]:
         """The groups changed since the last call (removed ones as ``{"key": ...,
         "removed": true}``, if the client was shown them), in the order they first

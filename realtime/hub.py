@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from realtime import protocol
 from realtime.aggregate import AggregateSpec, TooManyGroups
+from realtime.aggregator import Members, SharedAggregate, aggregate_key
 from realtime.codec import dumps_str, key_to_json
 from realtime.errors import RealtimeError
 from realtime.events import Event
@@ -96,10 +97,8 @@ class Hub:
         #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
         #: connection is told after ``welcome`` unless it is live.
         self.feed_status: str = protocol.FEED_LIVE
-        #: Live aggregates waiting to send their changed groups: the timer of each.
-        self._flushes: dict[Subscription, asyncio.TimerHandle] = {}
-        #: When each live aggregate last sent (event loop time).
-        self._sent_at: dict[Subscription, float] = {}
+        #: The live aggregates, each shared by its subscribers (realtime.aggregator).
+        self._aggregates: dict[tuple[Any, ...], SharedAggregate] = {}
         #: Projections by their paths, while a subscription holds them.
         self._projections: weakref.WeakValueDictionary[tuple[str, ...], Projection] = (
             weakref.WeakValueDictionary())
@@ -146,10 +145,9 @@ class Hub:
         """Stop routing events to ``subscription``; it ENDS."""
         subscription.end()
         self._settling.pop(subscription, None)
-        timer = self._flushes.pop(subscription, None)
-        if timer is not None:
-            timer.cancel()
-        self._sent_at.pop(subscription, None)
+        shared = subscription.shared
+        if shared is not None and shared.leader is not subscription and shared.leave(subscription):
+            self._drop_aggregate(shared)  # its last member left
         index = self._indexes.get(subscription.collection)
         if index is not None and index.remove(subscription) and not index:
             del self._indexes[subscription.collection]
@@ -220,87 +218,99 @@ class Hub:
         conn.send(protocol.render_snapshot(sub, documents, head))
         self.settle(subscription, shown, horizon, poll)
 
-    async def _start_aggregate(self, subscription: Subscription, history: History) -> None:
-        """``subscribed``, the database's full result (``aggregate``, ``full``), then live.
+    async def _start_aggregate(self, member: Subscription, history: History) -> None:
+        """``subscribed``, then the aggregate's groups (``aggregate``, ``full``), then live.
 
-        The result is read at one cluster time: the events held meanwhile and
-        those the feed publishes later at or before it are already counted, the
-        others are applied (:meth:`Subscription.go_live` with that floor).
+        Subscriptions to the same aggregate share one (:mod:`realtime.aggregator`):
+        a member joining a live one gets its groups at once. The first member's
+        leader reads the database's result at one cluster time: the events held
+        meanwhile and those the feed publishes later at or before it are already
+        counted, the others are applied (:meth:`Subscription.go_live` with that floor).
         """
-        state = subscription.aggregate
-        assert state is not None  # noqa: S101 - the caller checked
-        conn, sub = subscription.conn, subscription.sub
-        subscription.hold()
+        conn, sub = member.conn, member.sub
         head = self.head()
-        self.add(subscription)
+        registered: Any = conn
+        self.connections.setdefault(registered, {})[sub] = member
         conn.send(protocol.render_subscribed(sub, head))
-        try:
-            rows, horizon = await history.aggregate(subscription.collection,
-                                                    subscription.filter, state.spec,
-                                                    state.max_groups)
-        except RealtimeError as exc:
-            self.remove(subscription)
-            conn.send(protocol.render_error(protocol.ErrorCode.INTERNAL,
-                                            f"aggregate failed: {exc.detail}", sub))
+        key = aggregate_key(member)
+        shared = self._aggregates.get(key)
+        if shared is not None:
+            shared.join(member)
             return
-        if subscription.phase is Phase.ENDED:
-            return  # unsubscribed or closed meanwhile
+        state = member.aggregate
+        assert state is not None  # noqa: S101 - the caller checked
+        members = Members()
+        leader = Subscription(members, "", member.collection, member.filter, owner=member.owner,
+                              aggregate=state)
+        shared = self._aggregates[key] = SharedAggregate(key, leader, members)
+        leader.shared = shared
+        shared.join(member)
+        leader.hold()
+        self.add(leader)
+        try:
+            rows, horizon = await history.aggregate(leader.collection, leader.filter,
+                                                    state.spec, state.max_groups)
+        except RealtimeError as exc:
+            why = f"aggregate failed: {exc.detail}"
+            shared.tell(lambda s: protocol.render_error(protocol.ErrorCode.INTERNAL, why, s))
+            self._end_aggregate(shared)
+            return
+        if leader.phase is Phase.ENDED:
+            return  # every member left meanwhile
         try:
             state.load(rows)
         except TooManyGroups:
-            self._too_many_groups(subscription)
+            self._too_many_groups(shared)
             return
-        conn.send(protocol.render_aggregate(sub, dumps_str(state.result()), full=True))
-        subscription.notify = self._aggregate_changed
-        self._sent_at[subscription] = asyncio.get_running_loop().time()
-        subscription.go_live(floor=horizon)
+        shared.broadcast(dumps_str(state.result()), True)
+        shared.live = True
+        shared.sent_at = asyncio.get_running_loop().time()
+        leader.notify = self._aggregate_changed
+        leader.go_live(floor=horizon)
 
-    def _over_limit(self, subscription: Subscription) -> None:
-        if subscription.phase is not Phase.ENDED:  # (not unsubscribed meanwhile)
-            self._too_many_groups(subscription)
+    def _end_aggregate(self, shared: SharedAggregate) -> None:
+        """Drop ``shared``: its leader leaves the index, its members end."""
+        for member in list(shared.members.subs):
+            self.remove(member)
+        self._drop_aggregate(shared)
 
-    def _too_many_groups(self, subscription: Subscription) -> None:
-        self.remove(subscription)
-        state = subscription.aggregate
+    def _drop_aggregate(self, shared: SharedAggregate) -> None:
+        shared.stop()
+        if self._aggregates.get(shared.key) is shared:
+            del self._aggregates[shared.key]
+        leader = shared.leader
+        leader.end()
+        index = self._indexes.get(leader.collection)
+        if index is not None and index.remove(leader) and not index:
+            del self._indexes[leader.collection]
+
+    def _too_many_groups(self, shared: SharedAggregate) -> None:
+        state = shared.leader.aggregate
         limit = state.max_groups if state is not None else 0
-        subscription.conn.send(protocol.render_error(
+        shared.tell(lambda s: protocol.render_error(
             protocol.ErrorCode.TOO_MANY_GROUPS,
             f"the aggregate has more than {limit} groups (REALTIME_AGGREGATE_MAX_GROUPS); "
-            "narrow the filter or group_by", subscription.sub))
+            "narrow the filter or group_by", s))
+        self._end_aggregate(shared)
 
-    def _aggregate_changed(self, subscription: Subscription) -> None:
-        """A live aggregate changed: send its groups at most once per ``throttle_ms``."""
-        broken = subscription.broken
-        if broken == protocol.ErrorCode.TOO_MANY_GROUPS:
-            # (Told during a fan-out over the index: removed right after it.)
-            subscription.notify = None
-            asyncio.get_running_loop().call_soon(self._over_limit, subscription)
+    def _aggregate_changed(self, leader: Subscription) -> None:
+        """A live aggregate changed (or broke): tell its members, throttled."""
+        shared: SharedAggregate = leader.shared
+        broken = leader.broken
+        if broken is None:
+            shared.changed()
             return
-        if broken is not None:
-            # An update without its pre-image: the client reloads the aggregate.
-            subscription.conn.send(protocol.render_resync(
-                subscription.sub, protocol.ResyncReason.INVALIDATED))
-            subscription.notify = None
-            return
-        if subscription in self._flushes or subscription.phase is not Phase.LIVE:
-            return  # (held events are applied when it goes live, then flushed)
-        state = subscription.aggregate
-        assert state is not None  # noqa: S101 - only aggregates are told
+        leader.notify = None
+        # (Told during a fan-out over the index: the aggregate ends right after it.)
         loop = asyncio.get_running_loop()
-        due = self._sent_at.get(subscription, 0.0) + state.spec.throttle_ms / 1000
-        self._flushes[subscription] = loop.call_at(max(due, loop.time()),
-                                                   self._flush_aggregate, subscription)
-
-    def _flush_aggregate(self, subscription: Subscription) -> None:
-        self._flushes.pop(subscription, None)
-        state = subscription.aggregate
-        if state is None or subscription.phase is not Phase.LIVE or not state.dirty:
-            return
-        changes = state.take_changes()
-        if changes:  # (not when every change was a group opened and closed unseen)
-            self._sent_at[subscription] = asyncio.get_running_loop().time()
-            subscription.conn.send(protocol.render_aggregate(
-                subscription.sub, dumps_str(changes), full=False))
+        if broken == protocol.ErrorCode.TOO_MANY_GROUPS:
+            loop.call_soon(self._too_many_groups, shared)
+        else:
+            # An update without its pre-image: the members reload the aggregate.
+            shared.tell(lambda s: protocol.render_resync(s, protocol.ResyncReason.INVALIDATED))
+            for member in list(shared.members.subs):
+                shared.leave(member)
+            loop.call_soon(self._drop_aggregate, shared)
 
     def settle(self, subscription: Subscription, shown: Mapping[Any, Mapping[str, Any]],
                horizon: Cluster | None, poll: int) -> None:

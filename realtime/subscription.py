@@ -108,7 +108,7 @@ class Subscription:
 
     __slots__ = ("_held", "aggregate", "broken", "collection", "conn", "fields", "filter",
                  "floor", "horizon", "match", "notify", "owner", "phase", "prefix",
-                 "projection", "shown", "sub")
+                 "projection", "shared", "shown", "sub")
 
     def __init__(self, conn: Outlet, sub: str, collection: str, filter: Mapping[str, Any],
                  owner: Owner | None = None, projection: Projection | None = None,
@@ -131,6 +131,8 @@ class Subscription:
         #: Why the aggregate can no longer be kept (``too_many_groups`` or a missing
         #: pre-image), or None.
         self.broken: str | None = None
+        #: The shared aggregate this subscription leads or is a member of.
+        self.shared: Any = None
         self.prefix = protocol.change_prefix(sub)
         self.phase = Phase.LIVE
         #: Events held back, with the op each gives (HOLDING, SETTLING, CATCHING_UP).

@@ -339,3 +339,36 @@ async def test_too_many_groups_ends_the_subscription_with_an_error(
         await c.subscribe("t", "many", aggregate={"group_by": "g", "count": True})
         error = await c.expect("error")  # over the limit from the start
         assert (error["code"], error["sub"]) == ("too_many_groups", "t")
+
+
+async def test_subscribers_of_one_aggregate_share_it_and_a_late_one_gets_the_groups_at_once(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    hub = live.app.state.services.hub
+    spec = {"group_by": "g", "count": True, "throttle_ms": 0}
+    await http.post("/api/collections/shared/documents", json={"g": "a"})
+    async with ws_client(live.ws_url) as first, ws_client(live.ws_url) as late, \
+            ws_client(live.ws_url) as other:
+        await first.subscribe("s", "shared", aggregate=spec)
+        assert (await first.expect("aggregate"))["groups"] == [{"key": {"g": "a"}, "count": 1}]
+        await http.post("/api/collections/shared/documents", json={"g": "b"})
+        assert (await first.expect("aggregate"))["groups"] == [{"key": {"g": "b"}, "count": 1}]
+        await late.subscribe("x", "shared", aggregate=spec)
+        joined = await late.expect("aggregate")
+        assert (joined["sub"], joined["full"]) == ("x", True)
+        assert sorted(g["key"]["g"] for g in joined["groups"]) == ["a", "b"]
+        await other.subscribe("o", "shared", aggregate={**spec, "throttle_ms": 1})
+        await other.expect("aggregate")
+        assert len(hub._aggregates) == 2  # another spec: another aggregate
+        assert hub.subscription_count() == 2  # one leader each in the index
+        await http.post("/api/collections/shared/documents", json={"g": "a"})
+        for c, sub in ((first, "s"), (late, "x")):
+            message = await c.expect("aggregate")
+            assert (message["sub"], message["groups"]) == (sub, [{"key": {"g": "a"},
+                                                                  "count": 2}])
+        await first.send({"op": "unsubscribe", "sub": "s"})
+        await http.post("/api/collections/shared/documents", json={"g": "b"})
+        assert (await late.expect("aggregate"))["groups"] == [{"key": {"g": "b"}, "count": 2}]
+        assert await first.drain_until_marker(http) == []
+        await late.send({"op": "unsubscribe", "sub": "x"})
+        await late.drain_until_marker(http)
+        assert len(hub._aggregates) == 1  # the last member gone, it went too
