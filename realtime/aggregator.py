@@ -25,6 +25,7 @@ from typing import Any
 
 from realtime import protocol
 from realtime.codec import dumps_str
+from realtime.outbox import Batcher
 from realtime.subscription import Subscription
 
 __all__ = ["Members", "SharedAggregate", "aggregate_key"]
@@ -57,6 +58,9 @@ class Members:
     def send(self, message: str) -> None:
         """(Unused: the aggregate sends through :meth:`SharedAggregate.broadcast`.)"""
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """(Unused, as :meth:`send`.)"""
+
     def send_change(self, ev: Any, prefix: str, op: str) -> None:
         """(Unused: an aggregate's changes update its groups.)"""
 
@@ -69,10 +73,14 @@ class Members:
 class SharedAggregate:
     """One live aggregate: its leader (and state), its members, its throttle."""
 
-    def __init__(self, key: tuple[Any, ...], leader: Subscription, members: Members) -> None:
+    def __init__(self, key: tuple[Any, ...], leader: Subscription, members: Members,
+                 batcher: Batcher | None = None) -> None:
+        """``batcher``: the hub's, which brackets each broadcast like an event's fan-out
+        (busy connections get their messages in one write)."""
         self.key = key
         self.leader = leader
         self.members = members
+        self.batcher = batcher
         #: True once the first result was sent (members joining get the groups at once).
         self.live = False
         self.timer: asyncio.TimerHandle | None = None
@@ -97,9 +105,23 @@ class SharedAggregate:
         return not self.members.subs
 
     def broadcast(self, groups: str, full: bool) -> None:
-        """Send the encoded ``groups`` to every member (each with its own ``sub``)."""
-        for member in self.members.subs:
-            member.conn.send(protocol.render_aggregate(member.sub, groups, full))
+        """Send the encoded ``groups`` to every member, each with its own ``sub``: the
+        message and its frame are made once per distinct ``sub`` (clients number
+        theirs ``s1``, ``s2``...), not once per member."""
+        made: dict[str, tuple[str, bytes]] = {}
+        batcher = self.batcher
+        started = batcher.begin() if batcher is not None else 0.0
+        try:
+            for member in self.members.subs:
+                sub = member.sub
+                ready = made.get(sub)
+                if ready is None:
+                    text = protocol.render_aggregate(sub, groups, full)
+                    ready = made[sub] = (text, protocol.text_frame(text.encode()))
+                member.conn.send_shared(*ready)
+        finally:
+            if batcher is not None:
+                batcher.end(started)
 
     def tell(self, message: Any) -> None:
         """Send every member a message made for its ``sub``: ``message(sub) -> str``."""

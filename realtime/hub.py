@@ -242,7 +242,7 @@ class Hub:
         members = Members()
         leader = Subscription(members, "", member.collection, member.filter, owner=member.owner,
                               aggregate=state)
-        shared = self._aggregates[key] = SharedAggregate(key, leader, members)
+        shared = self._aggregates[key] = SharedAggregate(key, leader, members, self.batcher)
         leader.shared = shared
         shared.join(member)
         leader.hold()
@@ -358,8 +358,10 @@ class Hub:
         return projection
 
     def subscription_count(self) -> int:
-        """How many subscriptions are routed."""
-        return sum(len(index) for index in self._indexes.values())
+        """How many subscriptions are routed (a shared aggregate's members, not its leader)."""
+        routed = sum(len(index) for index in self._indexes.values())
+        aggregates = self._aggregates
+        return routed - len(aggregates) + sum(len(shared) for shared in aggregates.values())
 
     # -- events --------------------------------------------------------------------
     def publish(self, ev: Event) -> None:

@@ -81,6 +81,9 @@ class Outlet(Protocol):
     def send(self, message: str) -> None:
         """Send one server message (never blocks, never raises)."""
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """Send ``message``, whose ready-made frame ``frame`` is shared with others."""
+
     def send_change(self, ev: Event, prefix: str, op: str) -> None:
         """Send ``ev`` as ``op`` to the subscription whose messages start with ``prefix``."""
 

@@ -359,7 +359,8 @@ async def test_subscribers_of_one_aggregate_share_it_and_a_late_one_gets_the_gro
         await other.subscribe("o", "shared", aggregate={**spec, "throttle_ms": 1})
         await other.expect("aggregate")
         assert len(hub._aggregates) == 2  # another spec: another aggregate
-        assert hub.subscription_count() == 2  # one leader each in the index
+        assert sum(len(index) for index in hub._indexes.values()) == 2  # one leader each
+        assert hub.subscription_count() == 3  # the subscribers
         await http.post("/api/collections/shared/documents", json={"g": "a"})
         for c, sub in ((first, "s"), (late, "x")):
             message = await c.expect("aggregate")
@@ -372,3 +373,49 @@ async def test_subscribers_of_one_aggregate_share_it_and_a_late_one_gets_the_gro
         await late.send({"op": "unsubscribe", "sub": "x"})
         await late.drain_until_marker(http)
         assert len(hub._aggregates) == 1  # the last member gone, it went too
+
+
+@pytest.mark.driver_blind
+def test_a_subscription_moves_contributions_and_breaks_without_a_pre_image() -> None:
+    from realtime.subscription import Subscription
+    from tests.helpers import change_event
+
+    class Nowhere:
+        max_backlog = 100
+        backlog = 0
+
+        def send(self, message: str) -> None:
+            raise AssertionError(message)
+
+        def send_change(self, ev: Any, prefix: str, op: str) -> None:
+            raise AssertionError(op)
+
+        def close(self, code: int, reason: str = "") -> None:
+            raise AssertionError(code)
+
+    told: list[str | None] = []
+    s = Subscription(Nowhere(), "s", "c", {"keep": True},
+                     aggregate=state(group_by="g", count=True, sum=["v"]))
+    s.notify = lambda sub: told.append(sub.broken)
+
+    def deliver(ev: Any) -> None:
+        op = s.decide(ev)
+        if op is not None:
+            s.send(op, ev)
+
+    deliver(change_event(1, "insert", key="a", doc={"keep": True, "g": 1, "v": 2}))
+    assert s.aggregate is not None
+    assert s.aggregate.result() == [{"key": {"g": 1}, "count": 1, "sum": {"v": 2}}]
+    deliver(change_event(2, "update", key="a", doc={"keep": True, "g": 2, "v": 3},
+                         before={"keep": True, "g": 1, "v": 2}))
+    deliver(change_event(3, "update", key="a", doc={"keep": False, "g": 2, "v": 3},
+                         before={"keep": True, "g": 2, "v": 3}))  # leaves the filter
+    deliver(change_event(4, "insert", key="b", doc={"keep": False, "g": 9, "v": 1}))  # outside
+    # g1 was shown, then emptied; g2 came and went unseen: only g1 is reported.
+    assert s.aggregate.take_changes() == [{"key": {"g": 1}, "removed": True}]
+    assert told == [None, None, None]
+    deliver(change_event(5, "insert", key="c", doc={"keep": True, "g": 1, "v": 1}))
+    deliver(change_event(6, "update", key="c", doc={"keep": True, "g": 1, "v": 5}))
+    assert told[-1] == "no_pre_image"  # the hub sends resync: the client reloads
+    deliver(change_event(7, "insert", key="d", doc={"keep": True, "g": 1, "v": 1}))
+    assert len(told) == 5  # broken: nothing more is applied

@@ -661,6 +661,9 @@ class _Nowhere:
     def send(self, message: str) -> None:
         """Nothing is sent."""
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """Nothing is sent."""
+
     def send_change(self, ev: Any, prefix: str, op: str) -> None:
         """Nothing is sent."""
 
