@@ -48,8 +48,10 @@ class Event:
     #: Encoded frames by subscription prefix: for ``op``, and for ``leave``.
     _frames: dict[str, bytes] | None = None
     _leave_frames: dict[str, bytes] | None = None
-    #: Bodies by projection and variant, during a fan-out.
+    #: Bodies by projection and variant, and their messages and frames by
+    #: subscription prefix too, during a fan-out.
     _projected: dict[tuple[Projection, str], str | None] | None = None
+    _projected_frames: dict[tuple[Projection, str, bool, str], tuple[str, bytes]] | None = None
 
     def frame(self, prefix: str, op: str) -> bytes:
         """The WebSocket frame of this change as ``op`` for subscriptions with ``prefix``.
@@ -78,6 +80,7 @@ class Event:
             self._leave_frames = {}
         else:
             self._frames = self._leave_frames = self._projected = None
+            self._projected_frames = None
 
     def projected(self, projection: Projection, op: str, had: bool) -> str | None:
         """The body of this change as ``op`` for subscriptions with ``projection``
@@ -106,6 +109,28 @@ class Event:
             return cache[key]
         body = cache[key] = self._project(projection, variant)
         return body
+
+    def projected_frame(self, projection: Projection, op: str, had: bool,
+                        prefix: str) -> tuple[str, bytes] | None:
+        """The message and WebSocket frame of :meth:`projected`'s body for the
+        subscriptions with ``prefix`` (None: send nothing); during a fan-out, made
+        once per projection, op and prefix."""
+        key = (projection, op, had, prefix)
+        cache = self._projected_frames
+        if cache is not None:
+            made = cache.get(key)
+            if made is not None:
+                return made
+        body = self.projected(projection, op, had)
+        if body is None:
+            return None
+        text = protocol.render_change(prefix, op, body)
+        made = (text, protocol.text_frame(text.encode()))
+        if self._frames is not None:  # caching (a fan-out)
+            if cache is None:
+                cache = self._projected_frames = {}
+            cache[key] = made
+        return made
 
     def _project(self, projection: Projection, variant: str) -> str | None:
         document = self.document

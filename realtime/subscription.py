@@ -226,12 +226,13 @@ class Subscription:
         if self.aggregate is not None:
             self._aggregate(self.aggregate, op, ev)
             return
-        if self.projection is None:
+        projection = self.projection
+        if projection is None:
             self.conn.send_change(ev, self.prefix, op)
             return
-        body = self.body(op, ev)
-        if body is not None:
-            self.conn.send(protocol.render_change(self.prefix, op, body))
+        made = ev.projected_frame(projection, op, op == "update" and self._had(ev), self.prefix)
+        if made is not None:
+            self.conn.send_shared(*made)
 
     def body(self, op: str, ev: Event) -> str | None:
         """The shared body of ``ev`` as ``op`` for this subscription (None: send nothing)."""

@@ -42,6 +42,10 @@ class Outlet:
     def send(self, message: str) -> None:
         self.messages.append(orjson.loads(message))
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        assert frame == protocol.text_frame(message.encode())
+        self.send(message)
+
     def send_change(self, ev: Event, prefix: str, op: str) -> None:
         self.send(protocol.render_change(prefix, op, ev.leave if op == "leave" else ev.body))
 
@@ -168,16 +172,20 @@ def test_without_a_pre_image_an_update_of_a_projected_field_sends_the_document()
                           "document": {"_id": "a", "_version": 2, "total": 9}}]
 
 
-def test_subscriptions_sharing_a_projection_share_the_rendered_body() -> None:
+def test_subscriptions_sharing_a_projection_share_the_rendered_body_and_frame() -> None:
     shared = Projection(check_fields(["total"]))
     subs = [sub(projection=shared) for _ in range(3)]
     ev = change_event(1, "update", doc={"_version": 2, "total": 2},
                       before={"_version": 1, "total": 1})
     ev.caching(True)
     bodies = [s.body("update", ev) for s, _ in subs]
+    frames = [ev.projected_frame(shared, "update", True, s.prefix) for s, _ in subs]
     ev.caching(False)
     assert bodies[0] is not None
     assert all(body is bodies[0] for body in bodies)
+    assert frames[0] is not None
+    assert all(made is frames[0] for made in frames)
+    assert ev.projected_frame(shared, "update", True, subs[0][0].prefix) is not frames[0]
 
 
 # ------------------------------------------------------------------ against the database
