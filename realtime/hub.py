@@ -134,12 +134,15 @@ class Hub:
     # -- subscriptions -------------------------------------------------------------
     def add(self, subscription: Subscription) -> None:
         """Start routing events of its collection to ``subscription`` (in its phase)."""
+        self._index(subscription)
+        conn: Any = subscription.conn
+        self.connections.setdefault(conn, {})[subscription.sub] = subscription
+
+    def _index(self, subscription: Subscription) -> None:
         index = self._indexes.get(subscription.collection)
         if index is None:
             index = self._indexes[subscription.collection] = Index()
         index.add(subscription)
-        conn: Any = subscription.conn
-        self.connections.setdefault(conn, {})[subscription.sub] = subscription
 
     def remove(self, subscription: Subscription) -> None:
         """Stop routing events to ``subscription``; it ENDS."""
@@ -246,7 +249,7 @@ class Hub:
         leader.shared = shared
         shared.join(member)
         leader.hold()
-        self.add(leader)
+        self._index(leader)  # (in the index only: it has no connection of its own)
         try:
             rows, horizon = await history.aggregate(leader.collection, leader.filter,
                                                     state.spec, state.max_groups)
@@ -460,6 +463,15 @@ class Hub:
         """Send ``resync`` to the subscriptions of ``collection`` (or all)."""
         count = 0
         for subscription in self.subscriptions_of(collection):
+            shared = subscription.shared
+            if shared is not None and shared.leader is subscription:
+                # A live aggregate's members reload it: it may have missed changes.
+                count += len(shared)
+                shared.tell(lambda s: protocol.render_resync(s, reason))
+                for member in list(shared.members.subs):
+                    shared.leave(member)
+                self._drop_aggregate(shared)
+                continue
             subscription.conn.send(protocol.render_resync(subscription.sub, reason))
             count += 1
         return count

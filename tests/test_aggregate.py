@@ -349,6 +349,7 @@ async def test_subscribers_of_one_aggregate_share_it_and_a_late_one_gets_the_gro
     async with ws_client(live.ws_url) as first, ws_client(live.ws_url) as late, \
             ws_client(live.ws_url) as other:
         await first.subscribe("s", "shared", aggregate=spec)
+        (first_conn,) = [c for c, subs in hub.connections.items() if "s" in subs]
         assert (await first.expect("aggregate"))["groups"] == [{"key": {"g": "a"}, "count": 1}]
         await http.post("/api/collections/shared/documents", json={"g": "b"})
         assert (await first.expect("aggregate"))["groups"] == [{"key": {"g": "b"}, "count": 1}]
@@ -373,6 +374,7 @@ async def test_subscribers_of_one_aggregate_share_it_and_a_late_one_gets_the_gro
         await late.send({"op": "unsubscribe", "sub": "x"})
         await late.drain_until_marker(http)
         assert len(hub._aggregates) == 1  # the last member gone, it went too
+        assert all(isinstance(conn, type(first_conn)) for conn in hub.connections)
 
 
 @pytest.mark.driver_blind
@@ -419,3 +421,22 @@ def test_a_subscription_moves_contributions_and_breaks_without_a_pre_image() -> 
     assert told[-1] == "no_pre_image"  # the hub sends resync: the client reloads
     deliver(change_event(7, "insert", key="d", doc={"keep": True, "g": 1, "v": 1}))
     assert len(told) == 5  # broken: nothing more is applied
+
+
+async def test_a_feed_resync_makes_every_member_reload_the_aggregate(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    hub = live.app.state.services.hub
+    spec = {"count": True, "throttle_ms": 0}
+    await http.post("/api/collections/lost/documents", json={"n": 1})
+    async with ws_client(live.ws_url) as a, ws_client(live.ws_url) as b:
+        for c in (a, b):
+            await c.subscribe("s", "lost", aggregate=spec)
+            await c.expect("aggregate")
+        assert hub.resync(protocol.ResyncReason.HISTORY_LOST, "lost") == 2
+        for c in (a, b):
+            assert await c.expect("resync") == {"type": "resync", "sub": "s",
+                                                "reason": "history_lost"}
+        assert not hub._aggregates
+        await a.send({"op": "unsubscribe", "sub": "s"})
+        await a.subscribe("t", "lost", aggregate=spec)
+        assert (await a.expect("aggregate"))["groups"] == [{"key": {}, "count": 1}]
