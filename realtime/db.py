@@ -417,28 +417,29 @@ class Collection:
         """The rows of ``pipeline``, read at one point in time, and that time.
 
         A snapshot read (read concern ``snapshot``: majority-committed data as of
-        one cluster time, in a snapshot session): the rows reflect exactly the
-        changes committed at or before the returned cluster time and none after
-        (None if the server gave no time).
+        one cluster time): the rows reflect exactly the changes committed at or
+        before the returned cluster time (the reply's ``atClusterTime``) and none
+        after (None if the server gave no time).
 
         Raises:
             DatabaseUnavailable: the database cannot be reached.
             RealtimeError: the database refused the pipeline.
         """
-        rows: list[dict[str, Any]] = []
+        db = self._coll.database
         async with _translated(self._wait):
-            started = self._coll.database.client.start_session(snapshot=True)
-            session = await started if asyncio.iscoroutine(started) else started
-            async with session:
-                opened = self._coll.aggregate(list(pipeline), session=session)
-                cursor = await opened if asyncio.iscoroutine(opened) else opened
-                try:
-                    async for row in cursor:
-                        rows.append(row)
-                finally:
-                    await cursor.close()
-                at = session.operation_time
-        return rows, None if at is None else (at.time, at.inc)
+            reply = await db.command({"aggregate": self.name, "pipeline": list(pipeline),
+                                      "cursor": {}, "readConcern": {"level": "snapshot"}})
+            cursor = reply["cursor"]
+            rows: list[dict[str, Any]] = list(cursor.get("firstBatch") or ())
+            at = cursor.get("atClusterTime")
+            cursor_id = cursor.get("id", 0)
+            while cursor_id:
+                more = await db.command({"getMore": cursor_id, "collection": self.name})
+                rows += more["cursor"].get("nextBatch") or ()
+                cursor_id = more["cursor"].get("id", 0)
+        if not isinstance(at, Timestamp):
+            return rows, None
+        return rows, (at.time, at.inc)
 
     async def find_one_and_replace(
         self, query: Mapping[str, Any], doc: dict[str, Any], *, upsert: bool = False
