@@ -562,6 +562,8 @@ class LoadReport:
     """What the load processes saw since their last reset."""
 
     total: int
+    #: Bytes of the change (or aggregate) frames' payloads.
+    bytes: int
     #: Socket reads that carried change frames (frames per read shows batching).
     reads: int
     counts: list[int]
@@ -716,6 +718,7 @@ class Load:
         firsts = [int(a["first_ns"]) for a in answers if a["first_ns"]]
         return LoadReport(
             total=sum(int(a["total"]) for a in answers),
+            bytes=sum(int(a.get("bytes", 0)) for a in answers),
             reads=sum(int(a.get("reads", 0)) for a in answers),
             counts=counts,
             first_ns=min(firsts) if firsts else 0,

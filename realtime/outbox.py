@@ -268,6 +268,12 @@ class Outbox:
         else:
             self._send(message)
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """Send ``message``, whose WebSocket frame (:func:`protocol.text_frame`) the
+        caller made once for every connection it sends it to: the frame on a framed
+        connection, else the text. As :meth:`send` otherwise."""
+        self._send(frame if self.framed else message)
+
     def send_change(self, ev: Event, prefix: str, op: str) -> None:
         """Send ``ev`` as ``op`` to the subscription whose messages start with ``prefix``.
 

@@ -133,6 +133,22 @@ async def test_storm_quick(tmp_path: Path) -> None:
         assert run["complete"]
 
 
+async def test_aggregates_quick(tmp_path: Path) -> None:
+    data = await quick("aggregates", tmp_path)
+    runs = {run["mode"]: run for run in data["runs"]}
+    assert set(runs) == {"plain", "aggregate", "aggregate 100 ms", "projected"}
+    for run in runs.values():
+        assert run["closes"] == {}
+        assert run["write_failures"] == 0
+    # Every change reaches every plain and projected subscriber; coalescing sends fewer.
+    assert runs["plain"]["delivered"] == runs["projected"]["delivered"] \
+        == runs["plain"]["expected_plain"]
+    assert 0 < runs["aggregate 100 ms"]["delivered"] < runs["plain"]["delivered"]
+    assert runs["projected"]["bytes_per_message"] < runs["plain"]["bytes_per_message"] / 2
+    assert runs["aggregate"]["sent_to_received_ms"]["p50"] is not None
+    assert data["update"]["projected_delta"] < data["update"]["whole"] / 4
+
+
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
             for p in directory.rglob("*") if p.is_file()}

@@ -14,7 +14,17 @@ from typing import Any
 
 from bench.harness import Options
 from bench.report import Renderer
-from bench.scenarios import drivers, fanout, filters, idle, ingest, latency, naive, storm
+from bench.scenarios import (
+    aggregates,
+    drivers,
+    fanout,
+    filters,
+    idle,
+    ingest,
+    latency,
+    naive,
+    storm,
+)
 
 __all__ = ["SCENARIOS", "Scenario", "renderers"]
 
@@ -48,6 +58,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              drivers.run, drivers.RENDER),
     Scenario("storm", "N clients resume with one since after a server restart",
              storm.run, storm.RENDER),
+    Scenario("aggregates", "live aggregates and projections vs plain: CPU, latency, bytes",
+             aggregates.run, aggregates.RENDER),
 )}
 
 

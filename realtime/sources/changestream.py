@@ -251,7 +251,7 @@ class Feed:
             pipeline(self._settings.collections),
             resume_after=None if after_invalidate else self.token,
             start_after=self.token if after_invalidate else None,
-            start_at=self._start_at if self.token is None else None,
+            start_at_operation_time=self._start_at if self.token is None else None,
             max_await_time_ms=self._settings.feed_max_await_ms,
         )
 
