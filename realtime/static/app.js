@@ -1531,6 +1531,8 @@ function onEvent(ev) {
         if (ev.op === "insert" && what === "insert") paging.delta += 1;
         else if (had && what === "remove") paging.delta -= 1;
         if (!had) scheduleRecount(); // a change of a document not loaded: count again
+        // A count in flight may or may not include this change: count once more after it.
+        else if (paging.counting) paging.countAgain = true;
       }
       const version = ev.document?._version ?? ev.updated?._version;
       logLine(ev.op, `${cellText(ev.key)}${version !== undefined ? ` v${version}` : ""}`);
