@@ -17,7 +17,7 @@ MongoDB's inclusion-projection semantics (``find(filter, {path: 1, ...})``):
 → new value, through sub-documents only; arrays are replaced whole) and
 ``removed`` paths that turn the first into the second, or None when they differ
 in nothing but ``_version``: such an update sends nothing to the subscription.
-:func:`apply_delta` is what a client does with them. A property test checks
+:func:`realtime.client.apply_delta` is what a client does with them. A property test checks
 :meth:`Projection.apply` against the database's own projection and
 ``apply_delta(P(before), delta(P(before), P(after))) == P(after)``.
 
@@ -36,7 +36,6 @@ __all__ = [
     "MAX_FIELDS",
     "MAX_PATH_LENGTH",
     "Projection",
-    "apply_delta",
     "check_fields",
     "delta",
 ]
@@ -186,35 +185,3 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
-
-
-def apply_delta(doc: Mapping[str, Any], updated: Mapping[str, Any],
-                removed: Iterable[str]) -> dict[str, Any]:
-    """``doc`` with a delta applied, as a client does: each ``removed`` path unset,
-    each ``updated`` path set (sub-documents created as needed). ``doc`` is not changed.
-
-    Raises:
-        ValueError: a path goes through a value that is not a sub-document.
-    """
-    out = _copy(doc)
-    for path in removed:
-        *parents, last = path.split(".")
-        node: Any = out
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    for path, value in updated.items():
-        *parents, last = path.split(".")
-        node = out
-        for name in parents:
-            child = node.setdefault(name, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"{path!r} goes through a value that is not a document")
-            node = child
-        node[last] = value
-    return out
-
-
-def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _copy(v) if isinstance(v, dict) else v for k, v in doc.items()}

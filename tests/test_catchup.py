@@ -156,6 +156,15 @@ async def replayed(hub: Hub, store: DatabaseHistory, ms: float, collection: str 
     return sub, outlet
 
 
+def feed_meanwhile(oplog: Oplog, hub: Hub) -> None:
+    """The feed publishes d18..d25 while a catch-up waits; d21 on are new in the oplog
+    (an oplog of d1..d20)."""
+    for n in range(18, 26):
+        if n > 20:
+            oplog.entries.append(entry(n))
+        hub.publish(event(n))
+
+
 def keys(first: int, last: int) -> list[str]:
     return [f"d{n}" for n in range(first, last + 1)]
 
@@ -210,10 +219,7 @@ async def test_live_events_held_during_the_catch_up_follow_it_without_gap_or_dup
     oplog.gate, oplog.gate_at = asyncio.Event(), 5
     store = history(oplog, hub)
     subs = [await resumed(hub, store, 2) for _ in range(20)]
-    for n in range(18, 26):  # the feed meanwhile (d18..d20 are in the oplog too)
-        if n > 20:
-            oplog.entries.append(entry(n))
-        hub.publish(event(n))
+    feed_meanwhile(oplog, hub)  # d18..d25
     oplog.gate.set()
     await store.join()
     for _, outlet in subs:
@@ -434,10 +440,7 @@ async def test_a_replay_from_a_time_sends_what_was_committed_from_then_on_then_l
     oplog.gate, oplog.gate_at = asyncio.Event(), 3
     store = history(oplog, hub)
     subs = [await replayed(hub, store, ms) for ms in (5, 5, 12)]
-    for n in range(18, 26):  # the feed meanwhile (d18..d20 are in the oplog too)
-        if n > 20:
-            oplog.entries.append(entry(n))
-        hub.publish(event(n))
+    feed_meanwhile(oplog, hub)  # d18..d25
     oplog.gate.set()
     await store.join()
     assert oplog.watched == [("c", "@(100, 0)")]  # one reader from the start of the second

@@ -133,16 +133,12 @@ class SlowSink(FakeSink):
         self.clock.now += self.cost
 
 
-async def test_loaded_hub_shares_writes_between_spaced_events() -> None:
-    """Events apart in time go inline until fanning out takes nearly all the time
-    between them; then each connection's messages of consecutive events share a
-    write, and inline sending comes back when the load drops. Nothing is lost or
-    reordered."""
-    clock = Clock()
+def slow_hub(clock: Clock, cost: float) -> tuple[Hub, list[SlowSink]]:
+    """A hub with 5 writable connections on ``clock``, each write taking ``cost`` s."""
     hub = Hub(clock=clock.monotonic)
     sinks = []
     for i in range(5):
-        sink, flag = SlowSink(clock, 0.002), Flag()  # 5 writes: 10 ms per event
+        sink, flag = SlowSink(clock, cost), Flag()
         flag.set()
 
         async def send_async(message: str) -> None:
@@ -153,6 +149,16 @@ async def test_loaded_hub_shares_writes_between_spaced_events() -> None:
         hub.attach(conn)
         hub.add(Subscription(conn, "s", "c", {}))
         sinks.append(sink)
+    return hub, sinks
+
+
+async def test_loaded_hub_shares_writes_between_spaced_events() -> None:
+    """Events apart in time go inline until fanning out takes nearly all the time
+    between them; then each connection's messages of consecutive events share a
+    write, and inline sending comes back when the load drops. Nothing is lost or
+    reordered."""
+    clock = Clock()
+    hub, sinks = slow_hub(clock, 0.002)  # 5 writes: 10 ms per event
 
     def writes() -> int:
         return len(sinks[0].writes)
@@ -195,20 +201,7 @@ async def test_hub_with_slack_sends_inline() -> None:
     """Fanning out half the time between events leaves the loop slack: every event
     goes inline, one write per connection per event, none held for a batch."""
     clock = Clock()
-    hub = Hub(clock=clock.monotonic)
-    sinks = []
-    for i in range(5):
-        sink, flag = SlowSink(clock, 0.0003), Flag()  # 5 writes: 1.5 ms per event
-        flag.set()
-
-        async def send_async(message: str) -> None:
-            raise AssertionError("not used")
-
-        conn = hub.outbox(send_async=send_async, close=lambda code, reason: None,
-                          max_backlog=100, send_now=sink, writable=flag, name=str(i))
-        hub.attach(conn)
-        hub.add(Subscription(conn, "s", "c", {}))
-        sinks.append(sink)
+    hub, sinks = slow_hub(clock, 0.0003)  # 5 writes: 1.5 ms per event
     for seq in range(40):
         hub.publish(event(seq))
         assert [len(sink.writes) for sink in sinks] == [seq + 1] * 5  # written at once

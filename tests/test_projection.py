@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from pymongo.database import Database
 
 from realtime import protocol
+from realtime.client import apply_delta
 from realtime.embedded import EmbeddedServer
 from realtime.events import Event
-from realtime.projection import Projection, apply_delta, check_fields, delta
+from realtime.projection import Projection, check_fields, delta
 from realtime.subscription import Subscription
 from tests.helpers import change_event
 
