@@ -322,7 +322,7 @@ class DatabaseHistory:
                         continue  # the client has it already
                     member.active = True
                 sub.replay(ev)
-                if in_ring and sub.phase is catching_up:
+                if in_ring and sub.phase is catching_up and hub.holds(sub, ev.id):
                     hub.hand_over(sub, ev.id)  # the ring holds everything after this event
                     gone = True
             if gone:

@@ -28,7 +28,20 @@ from realtime.index import Index
 from realtime.outbox import Batcher, BatchPolicy, Outbox
 from realtime.subscription import Cluster, Phase, Subscription
 
-__all__ = ["History", "Hub"]
+__all__ = ["History", "Hub", "Watcher"]
+
+
+class Watcher(Protocol):
+    """Told which subscriptions are routed (an edge consumes the subjects they need)."""
+
+    def added(self, subscription: Subscription) -> None:
+        """``subscription`` starts being routed."""
+
+    def removed(self, subscription: Subscription) -> None:
+        """``subscription`` is no longer routed."""
+
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        """True if the ring holds every event ``subscription`` needs after ring number ``seq``."""
 
 
 class History(Protocol):
@@ -79,6 +92,11 @@ class Hub:
         #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
         #: connection is told after ``welcome`` unless it is live.
         self.feed_status: str = protocol.FEED_LIVE
+        #: The latest cluster time up to which the source says every change was
+        #: published (a relay's tick, :meth:`passed`).
+        self.passed_ct: Cluster = (0, 0)
+        #: Told of every subscription added and removed (an edge's interest), if set.
+        self.watcher: Watcher | None = None
 
     # -- connections ---------------------------------------------------------------
     def outbox(self, **kwargs: Any) -> Outbox:
@@ -117,14 +135,19 @@ class Hub:
         index.add(subscription)
         conn: Any = subscription.conn
         self.connections.setdefault(conn, {})[subscription.sub] = subscription
+        if self.watcher is not None:
+            self.watcher.added(subscription)
 
     def remove(self, subscription: Subscription) -> None:
         """Stop routing events to ``subscription``; it ENDS."""
         subscription.end()
         self._settling.pop(subscription, None)
         index = self._indexes.get(subscription.collection)
-        if index is not None and index.remove(subscription) and not index:
-            del self._indexes[subscription.collection]
+        if index is not None and index.remove(subscription):
+            if not index:
+                del self._indexes[subscription.collection]
+            if self.watcher is not None:
+                self.watcher.removed(subscription)
         conn: Any = subscription.conn
         subs = self.connections.get(conn)
         if subs is not None and subs.get(subscription.sub) is subscription:
@@ -145,7 +168,7 @@ class Hub:
         sub = subscription.sub
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
-            if self.can_replay(since):
+            if self.can_replay(since, subscription):
                 self.add(subscription)
                 self.replay(subscription, since)
             else:
@@ -192,7 +215,7 @@ class Hub:
         then skips what the snapshot shows.
         """
         subscription.settle(shown, horizon)
-        if horizon is not None and self.last_ct > horizon:
+        if horizon is not None and (self.last_ct > horizon or self.passed_ct >= horizon):
             subscription.go_live()
         else:
             self._settling[subscription] = poll
@@ -202,6 +225,21 @@ class Hub:
         settling = self._settling
         for subscription, needed in list(settling.items()):
             if needed <= poll:
+                del settling[subscription]
+                subscription.go_live()
+
+    def passed(self, ct: Cluster) -> None:
+        """The source has published every change up to ``ct`` (a relay's tick).
+
+        A SETTLING subscription whose snapshot was read at or before ``ct``
+        goes live: every change its read could show came before.
+        """
+        if ct > self.passed_ct:
+            self.passed_ct = ct
+        settling = self._settling
+        for subscription in list(settling):
+            horizon = subscription.horizon
+            if horizon is not None and horizon <= ct:
                 del settling[subscription]
                 subscription.go_live()
 
@@ -284,9 +322,25 @@ class Hub:
         """True if the event ``event_id`` is in the ring."""
         return event_id in self._ids
 
-    def can_replay(self, since: str) -> bool:
-        """True if every event after ``since`` is still in the ring."""
-        return self._since_seq(since) is not None
+    def can_replay(self, since: str, subscription: Subscription | None = None) -> bool:
+        """True if every event after ``since`` is still in the ring (for ``subscription``).
+
+        An edge's ring holds only the subjects it consumed; its :attr:`watcher`
+        says whether it consumed all that ``subscription`` needs since then.
+        """
+        seq = self._since_seq(since)
+        if seq is None:
+            return False
+        watcher = self.watcher
+        return subscription is None or watcher is None or watcher.covers(subscription, seq)
+
+    def holds(self, subscription: Subscription, event_id: str) -> bool:
+        """True if the ring holds ``event_id`` and every event after it ``subscription`` needs."""
+        seq = self._ids.get(event_id)
+        if seq is None:
+            return False
+        watcher = self.watcher
+        return watcher is None or watcher.covers(subscription, seq)
 
     def replay(self, subscription: Subscription, since: str) -> int:
         """Deliver to ``subscription`` the ring's events after ``since``.
