@@ -145,8 +145,9 @@ class Broker:
 
         async def disconnected() -> None:
             self.connected = False
-            self.disconnects += 1
-            log.warning("NATS connection lost; reconnecting")
+            if self._nc is not None:  # not closing
+                self.disconnects += 1
+                log.warning("NATS connection lost; reconnecting")
 
         async def reconnected() -> None:
             self.connected = True

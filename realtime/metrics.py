@@ -131,6 +131,10 @@ class ServiceCollector(Collector):
             yield CounterMetricFamily("realtime_broker_gaps",
                                       "Gaps in the stream seen (and re-read from JetStream).",
                                       value=edge.gaps)
+            replays = getattr(services.history, "replays", 0)
+            yield CounterMetricFamily("realtime_broker_replays",
+                                      "Resumes beyond the ring served by a JetStream replay.",
+                                      value=replays)
         yield CounterMetricFamily("realtime_messages_sent",
                                   "Messages written to WebSocket connections.",
                                   value=self._messages_sent(hub, connections))

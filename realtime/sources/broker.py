@@ -266,13 +266,13 @@ class BrokerSource:
             try:
                 await asyncio.wait((fetch, waiter), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
-                if not fetch.done():
-                    fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+                for task in (waiter, fetch):
+                    if not task.done():
+                        task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if fetch.cancelled():
-                raise _Restart
+                raise _Restart  # the interest changed while nothing came
             msgs = fetch.result()
             for msg in msgs:
                 if msg.cseq != expected:
