@@ -147,3 +147,60 @@ def test_removing_a_settling_subscription_forgets_it() -> None:
     hub.quiet(7)
     assert sub.phase is Phase.ENDED  # never taken live after removal
     assert sub.sent == []
+
+
+def test_a_relay_tick_at_the_read_time_takes_a_settling_subscription_live() -> None:
+    hub, sub = subscribed()
+    hub.publish(change(5, "insert", "b", {"_version": 1, "open": True}))
+    hub.settle(sub, shown(), horizon=(100, 6), poll=7)
+    hub.passed((100, 5))  # the relay has not reached the read yet
+    assert sub.phase is Phase.SETTLING
+    hub.passed((100, 6))  # an idle database: the tick is at the read's time
+    assert sub.phase is Phase.LIVE
+    assert sub.sent == [("insert", "b", 1)]
+
+
+def test_a_tick_seen_before_the_snapshot_settles_it_at_once() -> None:
+    hub, sub = subscribed()
+    hub.passed((100, 9))
+    hub.settle(sub, shown(), horizon=(100, 9), poll=7)
+    assert sub.phase is Phase.LIVE
+
+
+class Watching:
+    """A watcher that consumed the subscription's subject from ring number ``since`` on."""
+
+    def __init__(self, since: int) -> None:
+        self.since = since
+        self.added_: list[Subscription] = []
+        self.removed_: list[Subscription] = []
+
+    def added(self, subscription: Subscription) -> None:
+        self.added_.append(subscription)
+
+    def removed(self, subscription: Subscription) -> None:
+        self.removed_.append(subscription)
+
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        return seq >= self.since
+
+
+def test_an_edge_replays_from_its_ring_only_what_it_consumed_for_the_subscription() -> None:
+    hub = Hub()
+    for t in range(1, 6):
+        hub.publish(change(t, "insert", f"k{t}", {"_version": 1, "open": True}))
+    watcher = Watching(since=3)
+    hub.watcher = watcher
+    sub = Recorder(Silent())
+    first, third = f"{1:032x}", f"{3:032x}"
+    assert hub.can_replay(first)
+    assert hub.can_replay(third)
+    assert not hub.can_replay(first, sub)  # ...but not every change on its subject
+    assert hub.can_replay(third, sub)
+    assert not hub.holds(sub, first)
+    assert hub.holds(sub, third)
+    hub.add(sub)
+    hub.remove(sub)
+    hub.remove(sub)  # a second removal is no change of interest
+    assert watcher.added_ == [sub]
+    assert watcher.removed_ == [sub]
