@@ -137,12 +137,12 @@ async def write(edge_url: str, n: int, docs: int = 10, tenant: str = "A",
     keys: list[str] = []
     async with httpx.AsyncClient(base_url=edge_url, timeout=10, headers=headers) as http:
         for i in range(n):
-            if len(keys) < docs:
+            if len(keys) < docs or not docs:
                 r = await http.post(DOCS, json={"i": i, "tenant": tenant})
                 assert r.status_code == 201, r.text
                 keys.append(r.json()["_id"])
             else:
-                key = keys[i % docs]
+                key = keys[i % docs]  # docs > 0 here
                 r = await http.patch(f"{DOCS}/{key}", json={"i": i})
                 assert r.status_code == 200, r.text
             body = r.json()
@@ -339,3 +339,56 @@ async def test_since_beyond_the_edges_ring_is_replayed_from_jetstream(
             await task
         assert_exactly_once_in_order(resumed, later | more)
         assert metric(await edge_metrics(edge), "realtime_broker_replays_total") == 1
+
+
+async def test_since_older_than_the_stream_is_caught_up_from_the_database(
+        env: dict[str, str]) -> None:
+    alone = {k: v for k, v in env.items() if k != "REALTIME_BROKER_URL"}
+    single = ServerProcess(alone)  # the single-process mode, before the scale-out
+    async with running(single):
+        first = Subscriber([single])
+        task = asyncio.create_task(first.run())
+        try:
+            await asyncio.wait_for(first.subscribed.wait(), 10)
+            early = await write(single.url, 10, docs=5)
+            await until(lambda: first.keys() >= early, 30, "the first changes")
+        finally:
+            first.stop()
+            await task
+        before_relay = await write(single.url, 20, docs=5)
+    relay, edge = RelayProcess(env), ServerProcess(env)
+    async with running(relay, edge):
+        await active([relay])
+        after_relay = await write(edge.url, 10, docs=5)
+        resumed = Subscriber([edge])
+        resumed.last_id = first.last_id
+        task = asyncio.create_task(resumed.run())
+        try:
+            await until(lambda: resumed.keys() >= before_relay | after_relay, 30, "the catch-up")
+            more = await write(edge.url, 10, docs=5)
+            expected = before_relay | after_relay | more
+            await until(lambda: resumed.keys() >= expected, 30, "live after it")
+        finally:
+            resumed.stop()
+            await task
+        assert_exactly_once_in_order(resumed, expected)
+        text = await edge_metrics(edge)
+        assert metric(text, "realtime_feed_catchups_total") == 1
+        assert metric(text, "realtime_broker_replays_total") == 0
+
+
+async def test_snapshot_then_live_on_an_edge_sends_nothing_twice(env: dict[str, str]) -> None:
+    relay, edge = RelayProcess(env), ServerProcess(env)
+    async with running(relay, edge):
+        await active([relay])
+        shown = await write(edge.url, 30, docs=10)
+        async with ws_client(edge.ws_url) as client:
+            await client.subscribe("s1", "orders", snapshot=True)
+            snapshot = await client.expect("snapshot")
+            docs = {(d["_id"], d["_version"]) for d in snapshot["documents"]}
+            assert len(docs) == 10
+            later = await write(edge.url, 10, docs=0)  # inserts only
+            changes = await client.changes(len(later))
+            got = {(c["key"], c["document"]["_version"]) for c in changes}
+            assert got == later
+            assert not docs & got

@@ -226,6 +226,8 @@ class BrokerSource:
                     await broker.ensure_stream()
                     await self._start_at_tail()
                     started = True
+                else:
+                    await self._check_retention()
                 self._changed.clear()
                 consumer = await broker.consumer(self.interest.filters(), self.seq + 1)
                 self.consumers += 1
@@ -239,6 +241,25 @@ class BrokerSource:
             finally:
                 if consumer is not None:
                     await consumer.close()
+
+    async def _check_retention(self) -> None:
+        """Resync everyone if the stream dropped messages this edge had not read yet.
+
+        The stream keeps ``broker_max_age_seconds``; an edge that fell further
+        behind (or a stream purged meanwhile) cannot tell what it missed.
+        """
+        first, last = await self._broker.bounds()
+        if last < self.seq:  # a new stream (its store was lost): sequences start again
+            log.error("the stream restarted at sequence %d (was %d); every subscription "
+                      "reloads", last, self.seq)
+            self._hub.resync("history_lost")
+            self.seq = last
+        elif first > self.seq + 1 and last >= first:
+            self.gaps += 1
+            log.error("the stream no longer holds sequences %d to %d; every subscription "
+                      "reloads", self.seq + 1, first - 1)
+            self._hub.resync("history_lost")
+            self.seq = first - 1
 
     async def _start_at_tail(self) -> None:
         """Begin after the stream's last message, at its position (the head)."""
