@@ -168,6 +168,11 @@ class Broker:
         self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
 
     @property
+    def opened(self) -> bool:
+        """True once :meth:`connect` succeeded (until :meth:`close`; it reconnects by itself)."""
+        return self._nc is not None
+
+    @property
     def js(self) -> JetStreamContext:
         """The JetStream context.
 

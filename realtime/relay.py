@@ -276,7 +276,7 @@ class Relay:
         backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
         while True:
             try:
-                if not self._broker.connected:
+                if not self._broker.opened:
                     await self._broker.connect()
                 await self._broker.ensure_stream()
                 return

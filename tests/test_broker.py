@@ -51,6 +51,7 @@ class ScriptedBroker:
     """Consumers in order; records where each started."""
 
     connected = True
+    opened = True
 
     def __init__(self, consumers: list[list[list[Message]]],
                  bounds: list[tuple[int, int]] | None = None) -> None:

@@ -54,6 +54,8 @@ log = logging.getLogger("realtime.broker")
 
 #: Seconds a fetch waits for messages when there are none (ticks come every second).
 FETCH_SECONDS: Final = 2.0
+#: Seconds without any message (not even a tick) after which the consumer is replaced.
+STALL_SECONDS: Final = 3 * FETCH_SECONDS
 
 _STATUS: Final = {FeedState.STARTING: FEED_RETRYING, FeedState.LIVE: FEED_LIVE,
                   FeedState.RETRYING: FEED_RETRYING, FeedState.DOWN: FEED_DOWN,
@@ -220,7 +222,7 @@ class BrokerSource:
         while True:
             consumer: Consumer | None = None
             try:
-                if not broker.connected:
+                if not broker.opened:
                     await broker.connect()
                 if not started:
                     await broker.ensure_stream()
@@ -281,6 +283,7 @@ class BrokerSource:
         batch = self._settings.broker_batch
         changed = self._changed
         expected = 1
+        heard = time.monotonic()
         while True:
             fetch = asyncio.ensure_future(consumer.fetch(batch, FETCH_SECONDS))
             waiter = asyncio.ensure_future(changed.wait())
@@ -295,6 +298,13 @@ class BrokerSource:
             if fetch.cancelled():
                 raise _Restart  # the interest changed while nothing came
             msgs = fetch.result()
+            if not msgs:
+                if not self._broker.connected:
+                    raise BrokerUnavailable("the connection to NATS is lost; reconnecting")
+                if time.monotonic() - heard > STALL_SECONDS:
+                    raise _Restart  # not even a tick: a consumer lost with its server?
+            else:
+                heard = time.monotonic()
             for msg in msgs:
                 if msg.cseq != expected:
                     self.gaps += 1
