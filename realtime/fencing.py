@@ -10,7 +10,8 @@ stream holds every change once, in commit order:
   can never both append. A refused publish is either this relay's own earlier
   attempt whose acknowledgement was lost (the tail carries its message id:
   it landed, :class:`Appended`) or another relay's append (:class:`Fenced`:
-  this relay steps down). :func:`after_refusal` decides.
+  this relay steps down). :func:`after_refusal` decides for one publish,
+  :func:`landed` for a pipeline of them (each expecting the one before).
 - **Takeover.** A standby watches the stream's last sequence. The active relay
   appends at least a tick every ``tick`` seconds, so a sequence that has not
   moved for ``takeover_after`` seconds means the active relay is gone
@@ -24,12 +25,13 @@ stream holds every change once, in commit order:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 __all__ = ["WRONG_LAST_SEQUENCE", "Appended", "Fence", "Fenced", "Role", "Takeover",
-           "after_refusal"]
+           "after_refusal", "landed"]
 
 #: JetStream's error code for a refused ``Nats-Expected-Last-Sequence``.
 WRONG_LAST_SEQUENCE: Final = 10071
@@ -70,6 +72,24 @@ def after_refusal(msg_id: str, tail_seq: int, tail_msg_id: str | None) -> Append
     """
     if tail_msg_id == msg_id:
         return Appended(tail_seq)
+    return Fenced(tail_seq, tail_msg_id)
+
+
+def landed(fence_seq: int, in_flight: Sequence[str], tail_seq: int,
+           tail_msg_id: str | None) -> int | Fenced:
+    """How many of the publishes in flight landed, after one of them failed.
+
+    ``in_flight`` are the message ids sent (in order, pipelined) after the last
+    acknowledged one, at ``fence_seq``; each expected the sequence before it, so
+    those that landed are a prefix, ending at the stream's tail. Returns the
+    length of that prefix, or :class:`Fenced` when the tail is none of them
+    (another relay appended).
+    """
+    if tail_seq == fence_seq:
+        return 0
+    for index, msg_id in enumerate(in_flight):
+        if msg_id == tail_msg_id and tail_seq == fence_seq + index + 1:
+            return index + 1
     return Fenced(tail_seq, tail_msg_id)
 
 

@@ -235,6 +235,52 @@ class Broker:
             raise _translate(exc) from exc
         return int(ack.seq)
 
+    async def send(self, subject: str, data: bytes,
+                   headers: Mapping[str, str]) -> asyncio.Future[Any]:
+        """Publish without waiting: a future of the acknowledgement (see :meth:`acked`).
+
+        Raises:
+            BrokerUnavailable: it cannot be sent (too many unacknowledged, or closed).
+        """
+        try:
+            return await self.js.publish_async(subject, data, stream=self.stream,
+                                               headers=dict(headers))
+        except _ERRORS as exc:
+            raise _translate(exc) from exc
+
+    @staticmethod
+    async def acked(future: asyncio.Future[Any], timeout: float = REQUEST_TIMEOUT) -> int:
+        """The stream sequence of a :meth:`send` once acknowledged.
+
+        Raises:
+            BrokerUnavailable: no acknowledgement within ``timeout`` (the future is
+                cancelled; the message may have landed).
+            Refused: the server refused it (``code`` 10071: a wrong last sequence).
+        """
+        try:
+            ack = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise BrokerUnavailable("JetStream did not acknowledge a publish in time") from None
+        except _ERRORS as exc:
+            raise _translate(exc) from exc
+        return int(ack.seq)
+
+    @staticmethod
+    def ack_of(future: asyncio.Future[Any]) -> int:
+        """The stream sequence of a :meth:`send` already acknowledged (``future.done()``).
+
+        Raises:
+            BrokerUnavailable: it was cancelled or failed without an answer.
+            Refused: the server refused it.
+        """
+        if future.cancelled():
+            raise BrokerUnavailable("the publish was abandoned")
+        exc = future.exception()
+        if exc is not None:
+            raise _translate(exc) from exc
+        return int(future.result().seq)
+
     async def bounds(self) -> tuple[int, int]:
         """The stream's first and last sequence (``(0, 0)``-like when empty: last < first).
 

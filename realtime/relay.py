@@ -24,24 +24,18 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from realtime import stream
 from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import Database, encode_change, token_time
+from realtime.errors import RealtimeError
 from realtime.events import Event
-from realtime.fencing import (
-    WRONG_LAST_SEQUENCE,
-    Appended,
-    Fence,
-    Fenced,
-    Role,
-    Takeover,
-    after_refusal,
-)
+from realtime.fencing import WRONG_LAST_SEQUENCE, Fence, Fenced, Role, Takeover, landed
 from realtime.histogram import LatencyBuckets
 from realtime.jetstream import Broker, BrokerUnavailable, Refused
 from realtime.sources.changestream import Feed
@@ -52,6 +46,9 @@ log = logging.getLogger("realtime.relay")
 
 #: How often a standby looks at the stream's last sequence, at most.
 WATCH_SECONDS: Final = 0.25
+
+#: Publishes in flight (sent, not acknowledged yet) at most.
+WINDOW: Final = 256
 
 #: Relay lag buckets (commit → acknowledged by JetStream), seconds.
 LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -90,8 +87,33 @@ async def read_tail(broker: Broker) -> Tail:
     return Tail(last, msg.headers.get(stream.MSG_ID_HEADER), msg.headers.get(stream.TOKEN_HEADER))
 
 
+@dataclass(slots=True, eq=False)
+class _Publish:
+    """One message sent (or to send again) and not acknowledged yet."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+    token: str
+    #: The change's commit time (Unix seconds) for the lag histogram; None for ticks.
+    wall: float | None = None
+    #: Counts as a published change once acknowledged.
+    change: bool = False
+    #: Counted (published, lag) already.
+    counted: bool = False
+    future: asyncio.Future[Any] | None = None
+
+
 class StreamWriter:
-    """The relay's sink: fenced, acknowledged publishes in commit order."""
+    """The relay's sink: fenced publishes in commit order, pipelined up to :data:`WINDOW`.
+
+    Each publish expects the sequence of the one before it, so they can be sent
+    without waiting for each acknowledgement: if one fails, every later one
+    fails too, and :meth:`_recover` reads the stream's tail to tell how many
+    landed (:func:`realtime.fencing.landed`) and sends the rest again, or steps
+    down when another relay appended. The pipeline is drained at the end of
+    every batch of the change stream (:meth:`quiet`) and whenever it is full.
+    """
 
     def __init__(self, broker: Broker, settings: Settings, fence: Fence, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -103,7 +125,9 @@ class StreamWriter:
         self._wall = wall
         self._instance = uuid.uuid4().hex[:12]
         self._tenant_field = settings.tenant_key
-        self._resyncs: list[stream.Resync] = []
+        self._inflight: deque[_Publish] = deque()
+        #: Queued in ``_inflight`` but not sent (resyncs, or after a failure).
+        self._unsent = 0
         self._last_append = clock()
         self._ticks = 0
         #: The stream position (last event id or post-batch token).
@@ -119,7 +143,7 @@ class StreamWriter:
 
     # -- Sink ----------------------------------------------------------------------
     def publish(self, ev: Event) -> Awaitable[None]:
-        """Append ``ev`` (after any pending resync); the feed awaits it."""
+        """Send ``ev`` (the feed awaits only while the pipeline is full)."""
         return self._change(ev)
 
     def advance(self, token: str) -> None:
@@ -127,14 +151,19 @@ class StreamWriter:
         self.position = token
 
     def quiet(self, poll: int) -> Awaitable[None] | None:
-        """An empty read: append the pending resyncs, and a tick if one is due."""
-        if self._resyncs or self._clock() - self._last_append >= self._settings.relay_tick_seconds:
+        """An empty read: wait for the acknowledgements, then append a tick if one is due."""
+        if self._inflight or self._clock() - self._last_append >= self._settings.relay_tick_seconds:
             return self._idle()
         return None
 
     def resync(self, reason: str, collection: str | None = None) -> int:
-        """Queue a ``resync`` for the edges (appended before anything else)."""
-        self._resyncs.append(stream.Resync(reason, collection))
+        """Send a ``resync`` for the edges, in order with the changes."""
+        payload = stream.encode_resync(stream.Resync(reason, collection))
+        self._ticks += 1
+        self._inflight.append(_Publish(stream.RESYNC_SUBJECT, payload,
+                                       f"r.{self._instance}.{self._ticks}", self.position or ""))
+        self._unsent += 1
+        self.resyncs += 1
         return 0
 
     def status(self, feed: str) -> int:
@@ -144,25 +173,22 @@ class StreamWriter:
 
     # -- appends -------------------------------------------------------------------
     async def _change(self, ev: Event) -> None:
-        await self._flush_resyncs()
         raw = ev.raw
         if raw is None:
             raise ValueError("the relay's feed must keep raw events")
         data = encode_change(raw)
         subjects = stream.subjects_of_change(ev.collection, ev.document, ev.before,
                                              self._tenant_field)
+        wall = raw.get("wallTime")
+        commit = wall.timestamp() if wall is not None else None
         for i, subject in enumerate(subjects):
-            msg_id = ev.id if i == 0 else f"{ev.id}~{i}"
-            await self._append(subject, data, msg_id, ev.id)
+            await self._push(_Publish(subject, data, ev.id if i == 0 else f"{ev.id}~{i}", ev.id,
+                                      commit, change=i == 0))
         self.position = ev.id
         self.last_ct = ev.ct
-        self.published += 1
-        wall = raw.get("wallTime")
-        if wall is not None:
-            self.lag.observe(max(0.0, self._wall() - wall.timestamp()))
 
     async def _idle(self) -> None:
-        await self._flush_resyncs()
+        await self.drain()
         if self._clock() - self._last_append < self._settings.relay_tick_seconds:
             return
         position = self.position
@@ -171,55 +197,116 @@ class StreamWriter:
         ct = token_time(position) or self.last_ct
         self._ticks += 1
         tick = stream.Tick(position, ct, self._wall())
-        await self._append(stream.TICK_SUBJECT, stream.encode_tick(tick),
-                           f"t.{self._instance}.{self._ticks}", position)
+        await self._push(_Publish(stream.TICK_SUBJECT, stream.encode_tick(tick),
+                                  f"t.{self._instance}.{self._ticks}", position))
+        await self.drain()
         self.ticks += 1
 
-    async def _flush_resyncs(self) -> None:
-        while self._resyncs:
-            resync = self._resyncs[0]
-            self._ticks += 1
-            await self._append(stream.RESYNC_SUBJECT, stream.encode_resync(resync),
-                               f"r.{self._instance}.{self._ticks}", self.position or "")
-            self._resyncs.pop(0)
-            self.resyncs += 1
+    async def _push(self, item: _Publish) -> None:
+        inflight = self._inflight
+        while len(inflight) >= WINDOW:
+            await self._settle_oldest()
+        if self._unsent:
+            await self._send_pending()  # resyncs queued meanwhile go first
+        inflight.append(item)
+        await self._send(item, self._fence.seq + len(inflight) - 1)
 
-    async def _append(self, subject: str, data: bytes, msg_id: str, token: str) -> None:
-        """Publish fenced on the last sequence; retry while NATS is away.
+    async def _send(self, item: _Publish, expected: int) -> None:
+        try:
+            item.future = await self._broker.send(
+                item.subject, item.data, stream.headers(item.msg_id, item.token, expected))
+        except BrokerUnavailable:
+            item.future = None  # sent again by the recovery
+            self._unsent += 1
+            return
+        if item.change:
+            item.future.add_done_callback(lambda future: self._acked(item, future))
+
+    def _acked(self, item: _Publish, future: asyncio.Future[Any]) -> None:
+        """Count a change as soon as JetStream acknowledges it (before the pipeline drains)."""
+        if not future.cancelled() and future.exception() is None:
+            self._count(item)
+
+    def _count(self, item: _Publish) -> None:
+        if item.counted or not item.change:
+            return
+        item.counted = True
+        self.published += 1
+        if item.wall is not None:
+            self.lag.observe(max(0.0, self._wall() - item.wall))
+
+    async def _send_pending(self) -> None:
+        """Send what is queued but not sent (resyncs), in order."""
+        self._unsent = 0
+        for index, item in enumerate(self._inflight):
+            if item.future is None:
+                await self._send(item, self._fence.seq + index)
+
+    async def drain(self) -> None:
+        """Wait until everything sent is acknowledged.
 
         Raises:
-            FencedOut: another relay appended since (this one must step down).
+            FencedOut: another relay appended (this one must step down).
         """
+        if self._unsent:
+            await self._send_pending()
+        while self._inflight:
+            await self._settle_oldest()
+
+    async def _settle_oldest(self) -> None:
+        item = self._inflight[0]
+        future = item.future
+        try:
+            if future is None:
+                raise BrokerUnavailable("not sent")
+            seq = self._broker.ack_of(future) if future.done() else \
+                await self._broker.acked(future)
+        except (BrokerUnavailable, Refused) as exc:
+            await self._recover(exc)
+            return
+        self._inflight.popleft()
+        self._landed(item, seq)
+
+    def _landed(self, item: _Publish, seq: int) -> None:
+        self._fence.appended(seq)
+        self._last_append = self._clock()
+        self._count(item)
+
+    async def _recover(self, exc: RealtimeError) -> None:
+        """After a failed publish: count what landed, send the rest again (or step down).
+
+        Raises:
+            FencedOut: another relay appended since.
+        """
+        self.retries += 1
+        inflight = self._inflight
+        for item in inflight:  # every later publish fails too: forget their futures
+            future, item.future = item.future, None
+            if future is not None and not future.done():
+                future.cancel()
+            elif future is not None and not future.cancelled():
+                future.exception()  # retrieved: never "exception was never retrieved"
         backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
-        broker, fence = self._broker, self._fence
+        if isinstance(exc, Refused) and exc.code != WRONG_LAST_SEQUENCE:
+            log.error("JetStream refused a publish: %s; retrying", exc.detail)
+            await asyncio.sleep(backoff.next_delay())
+        elif isinstance(exc, BrokerUnavailable):
+            log.warning("publish to NATS failed (%s); resuming after the stream's tail",
+                        exc.detail)
         while True:
             try:
-                seq = await broker.publish(subject, data, stream.headers(msg_id, token, fence.seq))
-            except Refused as exc:
-                if exc.code != WRONG_LAST_SEQUENCE:
-                    log.error("JetStream refused a publish to %s: %s; retrying", subject, exc)
-                    self.retries += 1
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                try:
-                    tail = await read_tail(broker)
-                except (BrokerUnavailable, Refused):
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                decision = after_refusal(msg_id, tail.seq, tail.msg_id)
-                if isinstance(decision, Appended):
-                    seq = decision.seq  # an earlier attempt landed; its ack was lost
-                else:
-                    raise FencedOut(decision) from None
-            except BrokerUnavailable as exc:
-                self.retries += 1
+                tail = await read_tail(self._broker)
+                break
+            except (BrokerUnavailable, Refused) as err:
                 delay = backoff.next_delay()
-                log.warning("publish to NATS failed (%s); retry in %.2f s", exc.detail, delay)
+                log.debug("cannot read the stream's tail (%s); retry in %.2f s", err, delay)
                 await asyncio.sleep(delay)
-                continue
-            fence.appended(seq)
-            self._last_append = self._clock()
-            return
+        count = landed(self._fence.seq, [i.msg_id for i in inflight], tail.seq, tail.msg_id)
+        if isinstance(count, Fenced):
+            raise FencedOut(count)
+        for _ in range(count):
+            self._landed(inflight.popleft(), self._fence.seq + 1)
+        await self._send_pending()
 
 
 class Relay:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from realtime.fencing import Appended, Fence, Fenced, Takeover, after_refusal
+from realtime.fencing import Appended, Fence, Fenced, Takeover, after_refusal, landed
 
 pytestmark = pytest.mark.driver_blind
 
@@ -51,3 +51,17 @@ def test_after_a_reset_the_standby_watches_afresh() -> None:
 def test_the_takeover_delay_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Takeover(0)
+
+
+def test_of_a_pipeline_the_prefix_up_to_the_tail_landed() -> None:
+    sent = ["e1", "e2", "e3"]
+    assert landed(10, sent, tail_seq=10, tail_msg_id="e0") == 0
+    assert landed(10, sent, tail_seq=12, tail_msg_id="e2") == 2
+    assert landed(10, sent, tail_seq=13, tail_msg_id="e3") == 3
+
+
+def test_a_tail_that_is_not_ours_fences_the_pipeline_out() -> None:
+    sent = ["e1", "e2"]
+    assert landed(10, sent, tail_seq=11, tail_msg_id="x") == Fenced(11, "x")
+    # our id, but not where our pipeline would have put it: another relay's copy
+    assert landed(10, sent, tail_seq=14, tail_msg_id="e2") == Fenced(14, "e2")
