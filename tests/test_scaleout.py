@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -63,15 +64,37 @@ async def running(*procs: ServerProcess | RelayProcess) -> AsyncIterator[None]:
 
 
 async def active(relays: list[RelayProcess], timeout: float = 15.0) -> RelayProcess:
-    """The relay that appends (waits until exactly one says so)."""
+    """The relay that appends, once the others stand by.
+
+    Two relays starting on an empty stream may both claim it; the first append
+    fences the other out. So: one says ``active`` and has appended (a tick at
+    least), every other one says ``standby``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         roles = await asyncio.gather(*(r.role() for r in relays))
-        if roles.count("active") == 1:
-            return relays[roles.index("active")]
+        if roles.count("active") == 1 and roles.count("standby") == len(relays) - 1:
+            leader = relays[roles.index("active")]
+            text = await leader.metrics()
+            if (metric(text, "realtime_relay_ticks_total")
+                    + metric(text, "realtime_relay_published_total")) >= 1:
+                return leader
         if time.monotonic() > deadline:
             raise TimeoutError(f"no single active relay: {roles}")
         await asyncio.sleep(0.05)
+
+
+async def eventually(check: Any, timeout: float, what: str) -> None:
+    """Wait for an async ``check()`` to be true (TimeoutError names ``what``)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def _is(relay: RelayProcess, role: str) -> bool:
+    return await relay.role() == role
 
 
 class Subscriber:
@@ -395,3 +418,39 @@ async def test_snapshot_then_live_on_an_edge_sends_nothing_twice(env: dict[str, 
             got = {(c["key"], c["document"]["_version"]) for c in changes}
             assert got == later
             assert not docs & got
+
+
+async def test_a_paused_relay_that_wakes_up_after_a_takeover_is_fenced_out(
+        env: dict[str, str]) -> None:
+    relays = [RelayProcess(env), RelayProcess(env)]
+    edge = ServerProcess(env)
+    async with running(*relays, edge):
+        first = await active(relays)
+        other = relays[1 - relays.index(first)]
+        fenced_before = metric(await first.metrics(), "realtime_relay_fenced_total")
+        sub = Subscriber([edge])
+        task = asyncio.create_task(sub.run())
+        try:
+            await asyncio.wait_for(sub.subscribed.wait(), 10)
+            writer = asyncio.create_task(write(edge.url, 300, docs=30, pause=0.01))
+            await until(lambda: len(sub.seen) >= 50, 30, "the first changes")
+            assert first.proc is not None
+            first.proc.send_signal(signal.SIGSTOP)  # alive, but silent: the standby takes over
+            try:
+                await eventually(lambda: _is(other, "active"), 15, "the takeover")
+            finally:
+                first.proc.send_signal(signal.SIGCONT)
+            written = await writer
+            await until(lambda: sub.keys() >= written, 60, "every change")
+            # The old relay read on and tried to append: fenced, it stands by.
+            async def fenced() -> bool:
+                text = await first.metrics()
+                return metric(text, "realtime_relay_fenced_total") > fenced_before
+
+            await eventually(fenced, 15, "the old relay fenced out")
+            assert await first.role() == "standby"
+            assert await other.role() == "active"
+        finally:
+            sub.stop()
+            await task
+        assert_exactly_once_in_order(sub, written)
