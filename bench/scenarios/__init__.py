@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import Options
 from bench.report import Renderer
-from bench.scenarios import drivers, fanout, filters, idle, latency, naive, storm
+from bench.scenarios import drivers, fanout, filters, idle, latency, naive, scaleout, storm
 
 __all__ = ["SCENARIOS", "Scenario", "renderers"]
 
@@ -46,6 +46,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              drivers.run, drivers.RENDER),
     Scenario("storm", "N clients resume with one since after a server restart",
              storm.run, storm.RENDER),
+    Scenario("scaleout", "1..4 edges by tenant over NATS JetStream vs every edge reading all",
+             scaleout.run, scaleout.RENDER),
 )}
 
 
