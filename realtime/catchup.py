@@ -3,22 +3,34 @@
 :class:`DatabaseHistory` is the hub's :class:`~realtime.hub.History`. A
 snapshot is one majority read that reports the cluster time it finished at.
 
-A catch-up replays the oplog after a client's ``since`` to a CATCHING_UP
-subscription, then hands over to live. Catch-ups are **shared**: one reader
+A catch-up replays every change after a client's ``since`` to a CATCHING_UP
+subscription, then hands over to live, paced to the client's socket: a
+replay comes out of memory or the oplog far faster than sockets take it, so
+it waits while a member's backlog is over half its bound rather than close
+it as a slow consumer.
+
+**From the ring** when the ring still holds ``since`` (the feed warms it
+from the oplog at start-up, so this is also the common case after a
+restart): one task walks every such subscription's cursor through the ring
+a chunk at a time, round-robin, and hands each over to live
+(:meth:`Subscription.hand_over`) once it reaches the ring's end, with no
+await in between, so nothing published meanwhile is lost or sent twice. A
+cursor the ring leaves behind (it was too slow) goes on from the oplog.
+
+**From the oplog** otherwise. Catch-ups are **shared**: one reader
 (a change stream on one collection) at a time per collection, started from
 the oldest ``since`` waiting for that collection, hands every event to each
 of its members whose ``since`` is before the event (positions compare in
 stream order, :func:`realtime.db.token_order`), so 2,000 clients resuming from
-the same point after a restart cost one stream, not 2,000. A subscription that
+the same point cost one stream, not 2,000. A subscription that
 arrives while its collection's reader runs joins it when its ``since`` is at
 or after what the reader has read (it skips events up to its own ``since``);
 otherwise it waits for the next reader, which starts from the oldest waiting
-position once the running one ends. A member leaves the reader, and goes
-live, at an event the ring holds (the ring replays the rest,
-:meth:`Hub.hand_over`), or when the reader has caught up with the present
-(:meth:`Subscription.go_live` skips the held events the reader already sent,
-by cluster time). At most ``catchup_concurrency`` readers run at once; others
-wait. A reader is paced to its slowest members (:meth:`DatabaseHistory._drain`).
+position once the running one ends. A member leaves the reader at an event
+the ring holds (the ring replays the rest, as above), or when the reader has
+caught up with the present (:meth:`Subscription.go_live` skips the held
+events the reader already sent, by cluster time). At most
+``catchup_concurrency`` readers run at once; others wait.
 
 Before a reader starts, each member's ``since`` is checked against the oldest
 oplog entry (servers that prune lazily resume silently from a pruned token):
@@ -46,7 +58,8 @@ from realtime.events import STREAM_OPS, cluster_time, normalise
 from realtime.hub import Hub
 from realtime.subscription import Cluster, Phase, Subscription
 
-__all__ = ["HORIZON_WINDOW_SECONDS", "DatabaseHistory", "OplogHorizon", "collection_pipeline"]
+__all__ = ["HORIZON_WINDOW_SECONDS", "RING_CHUNK", "DatabaseHistory", "OplogHorizon",
+           "collection_pipeline"]
 
 log = logging.getLogger("realtime.catchup")
 
@@ -57,6 +70,9 @@ HORIZON_WINDOW_SECONDS: Final = 1.0
 #: it looks.
 PACE_SECONDS: Final = 5.0
 PACE_STEP_SECONDS: Final = 0.005
+
+#: Events a ring catch-up examines for one subscription per turn of the loop.
+RING_CHUNK: Final = 256
 
 Position = tuple[int, int, int, str]
 
@@ -127,6 +143,21 @@ class _Member:
 
 
 @dataclass(slots=True, eq=False)
+class _Cursor:
+    """A subscription replayed from the ring: the last event it has, by number and id."""
+
+    sub: Subscription
+    seq: int
+    last: str
+
+
+def _congested(sub: Subscription) -> bool:
+    """True while ``sub``'s connection holds over half the backlog it may."""
+    conn = sub.conn
+    return conn.backlog * 2 > conn.max_backlog
+
+
+@dataclass(slots=True, eq=False)
 class _Reader:
     """One collection's catch-up stream and the subscriptions it replays to."""
 
@@ -156,9 +187,14 @@ class DatabaseHistory:
         self._waiting: dict[str, list[_Member]] = {}
         #: Per collection: the reader running (or waiting for a slot).
         self._readers: dict[str, _Reader] = {}
+        #: Subscriptions replayed from the ring, and the task that walks them.
+        self._cursors: list[_Cursor] = []
+        self._walker: asyncio.Task[None] | None = None
         self.horizon = OplogHorizon(db.oldest_oplog_time, clock=clock)
-        #: Catch-ups begun (subscriptions), and readers opened, since start.
+        #: Catch-ups begun from the oplog and from the ring (subscriptions), and
+        #: oplog readers opened, since start.
         self.catchups = 0
+        self.ring_catchups = 0
         self.readers = 0
 
     async def snapshot(self, collection: str, filter: Mapping[str, Any],
@@ -177,7 +213,62 @@ class DatabaseHistory:
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
         """Replay to ``subscription`` (CATCHING_UP) every change after ``since``, then live."""
-        self.catchups += 1
+        seq = self._hub.since_seq(since)
+        if seq is not None and self._hub.covers(subscription, seq):
+            self.ring_catchups += 1
+            self._from_ring(subscription, seq, since)
+        else:
+            self.catchups += 1
+            self._from_oplog(subscription, since)
+
+    def _from_ring(self, subscription: Subscription, seq: int, last: str) -> None:
+        self._cursors.append(_Cursor(subscription, seq, last))
+        if self._walker is None:
+            task = self._walker = asyncio.get_running_loop().create_task(
+                self._walk(), name="realtime-catchup-ring")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _walk(self) -> None:
+        """Replay the ring to every cursor, a chunk at a time, round-robin, until all are live.
+
+        Each chunk is followed by a turn of the loop, so the feed and the
+        sockets run between chunks however many clients replay at once.
+        """
+        ring = self._hub.ring
+        catching_up = Phase.CATCHING_UP
+        try:
+            while self._cursors:
+                moved = False
+                for cursor in list(self._cursors):
+                    sub = cursor.sub
+                    if sub.phase is not catching_up:
+                        self._cursors.remove(cursor)
+                        continue
+                    if _congested(sub):
+                        continue
+                    events = ring.after(cursor.seq, RING_CHUNK)
+                    if events is None:  # the ring moved on without it
+                        self._cursors.remove(cursor)
+                        self._from_oplog(sub, cursor.last)
+                        continue
+                    if not events:  # every event published so far was replayed
+                        self._cursors.remove(cursor)
+                        sub.hand_over()
+                        continue
+                    collection = sub.collection
+                    for ev in events:
+                        if ev.collection == collection:
+                            sub.replay(ev)
+                    cursor.seq, cursor.last = events[-1].seq, events[-1].id
+                    moved = True
+                    await asyncio.sleep(0)
+                if not moved:
+                    await asyncio.sleep(PACE_STEP_SECONDS)
+        finally:
+            self._walker = None
+
+    def _from_oplog(self, subscription: Subscription, since: str) -> None:
         member = _Member(subscription, since, token_order(since))
         collection = subscription.collection
         reader = self._readers.get(collection)
@@ -307,12 +398,12 @@ class DatabaseHistory:
                     self._resync(member, protocol.ResyncReason.INVALIDATED, reader.ct)
                 reader.members.clear()
                 return
-            in_ring = hub.has_event(ev.id)
+            seq = hub.ring.seq_of(ev.id)
+            handed: list[_Member] = []
             gone = congested = False
             for member in reader.members:
                 sub = member.sub
-                conn = sub.conn
-                if conn.backlog * 2 > conn.max_backlog:
+                if _congested(sub):
                     congested = True
                 if sub.phase is not catching_up:
                     gone = True
@@ -322,9 +413,12 @@ class DatabaseHistory:
                         continue  # the client has it already
                     member.active = True
                 sub.replay(ev)
-                if in_ring and sub.phase is catching_up and hub.holds(sub, ev.id):
-                    hub.hand_over(sub, ev.id)  # the ring holds everything after this event
-                    gone = True
+                if seq is not None and sub.phase is catching_up and hub.covers(sub, seq):
+                    handed.append(member)  # the ring holds everything after this event
+            if handed and seq is not None:
+                reader.members = [m for m in reader.members if m not in handed]
+                for member in handed:
+                    self._from_ring(member.sub, seq, ev.id)
             if gone:
                 self._prune(reader)
             if congested:
@@ -340,7 +434,7 @@ class DatabaseHistory:
         does not drain in time is left to the outbox's own bound (4408).
         """
         for _ in range(round(PACE_SECONDS / PACE_STEP_SECONDS)):
-            if not any(m.sub.conn.backlog * 2 > m.sub.conn.max_backlog
+            if not any(_congested(m.sub)
                        for m in reader.members if m.sub.phase is Phase.CATCHING_UP):
                 return
             await asyncio.sleep(PACE_STEP_SECONDS)

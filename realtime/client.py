@@ -37,6 +37,13 @@ process exited); ``on_status`` is called with each new value. A server sends
 settles ``feed`` on the first message after ``welcome`` (it sends a ``ping``
 so that one comes), never announcing a ``live`` that is not.
 
+Writes: :meth:`Client.insert`, :meth:`~Client.replace`, :meth:`~Client.patch`
+and :meth:`~Client.delete` call the REST API of the same server. Each logical
+write carries one ``Idempotency-Key``; a 503 or a network error (the reply
+lost after the server applied the write, a timeout) is retried with that key
+after a backoff, and the server applies the write once and answers the retry
+with the original response. Other refusals raise :class:`WriteError` at once.
+
 Credentials: ``token`` is an API key or JWT sent as ``Authorization: Bearer``,
 or a :data:`TokenProvider` (a function, sync or async, returning the current
 token) called before every connect and reconnect. When the server closes with
@@ -52,14 +59,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -84,9 +93,11 @@ __all__ = [
     "Subscription",
     "SubscriptionError",
     "TokenProvider",
+    "WriteError",
     "backoff_delay",
     "connect",
     "event_to_json",
+    "http_url",
     "ws_url",
 ]
 
@@ -98,6 +109,11 @@ BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 20.0
 #: Close codes after which reconnecting cannot help (policy, auth).
 FATAL_CLOSE_CODES: Final = frozenset({1008, 4401, 4403})
+#: Attempts of one write (all with its one ``Idempotency-Key``), the largest backoff
+#: ceiling between them, and how long one attempt may take, in seconds.
+WRITE_ATTEMPTS: Final = 4
+WRITE_BACKOFF_MAX: Final = 4.0
+WRITE_TIMEOUT: Final = 10.0
 #: The close code of missing, invalid or expired credentials.
 UNAUTHENTICATED: Final = 4401
 #: Events a subscription buffers before the client stops reading the socket.
@@ -135,6 +151,32 @@ def ws_url(url: str) -> str:
     if not path.endswith("/ws"):
         path += "/ws"
     return urlunsplit(("ws" if scheme == "http" else "wss", parts.netloc, path, parts.query, ""))
+
+
+def http_url(url: str) -> str:
+    """The HTTP base URL of a server given as ``http(s)://`` or ``ws(s)://``.
+
+    ``ws://host:8000/ws`` becomes ``http://host:8000`` (``wss`` gives ``https``);
+    a path is kept without its final ``/ws``. ``http(s)://`` URLs lose a
+    trailing ``/`` only.
+
+    Raises:
+        ValueError: the scheme is none of http, https, ws, wss.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"not an http(s):// or ws(s):// URL: {url!r}")
+    path = parts.path.rstrip("/")
+    if scheme in ("ws", "wss"):
+        path = path.removesuffix("/ws")
+        scheme = "http" if scheme == "ws" else "https"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _documents(collection: str, id: str | None = None) -> str:
+    path = f"/api/collections/{quote(collection, safe='')}/documents"
+    return path if id is None else f"{path}/{quote(id, safe='')}"
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +285,32 @@ class ConnectionRejected(ClientError):
         super().__init__(f"connection rejected ({code}{' ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+
+
+class WriteError(ClientError):
+    """A write was refused, or the server could not be reached in any attempt.
+
+    ``status`` is the HTTP status (0 when no answer came); ``problem`` the
+    problem+json body (``title``, ``detail``, ...), if any.
+    """
+
+    def __init__(self, status: int, detail: str,
+                 problem: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {detail}" if status else detail)
+        self.status = status
+        self.detail = detail
+        self.problem = dict(problem) if problem else {}
+
+
+def _write_error(response: httpx.Response) -> WriteError:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return WriteError(response.status_code, response.reason_phrase)
+    detail = problem.get("detail") or problem.get("title") or response.reason_phrase
+    return WriteError(response.status_code, str(detail), problem)
 
 
 class SubscriptionError(ClientError):
@@ -449,7 +517,8 @@ class Client:
     :data:`TokenProvider`) is sent as ``Authorization: Bearer <token>``;
     ``on_state`` is called on every :class:`ConnectionState` change; ``on_status``
     with the server's feed status (:attr:`feed`) when it changes; ``delay``
-    replaces :func:`backoff_delay`.
+    replaces :func:`backoff_delay`, and ``write_delay`` the backoff between the
+    attempts of a write (by default :func:`backoff_delay` up to 4 s).
 
     The 4401 rule: when the server closes the connection (or refuses a new one)
     with 4401 and ``token`` is a provider, the provider is called once more; if
@@ -471,8 +540,14 @@ class Client:
         open_timeout: float = 10.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_status: StatusCallback | None = None,
+        write_delay: Callable[[int], float] | None = None,
     ) -> None:
         self.url = ws_url(url)
+        #: The base of the REST API (writes).
+        self.http_url = http_url(url)
+        self._write_delay = write_delay or (
+            lambda attempt: backoff_delay(attempt, maximum=WRITE_BACKOFF_MAX))
+        self._http: httpx.AsyncClient | None = None
         #: The credentials: an API key or JWT, a :data:`TokenProvider`, or None.
         self.token = token
         self.state = ConnectionState.IDLE
@@ -590,10 +665,104 @@ class Client:
             sub._finish(None)
         self._subs.clear()
         self._wire.clear()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
         if self.state is not ConnectionState.CLOSED:
             self._set_state(ConnectionState.CLOSED)
 
+    # -- writes (REST) ---------------------------------------------------------
+    async def insert(self, collection: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert ``document`` (its ``_id``, if any, is kept); the stored document.
+
+        Raises:
+            WriteError: refused (409 when the ``_id`` exists, 422 when invalid, ...),
+                or no answer in :data:`WRITE_ATTEMPTS` attempts.
+            ConnectError: the token provider failed.
+        """
+        stored: dict[str, Any] = await self._request("POST", _documents(collection), document)
+        return stored
+
+    async def replace(self, collection: str, id: str, document: Mapping[str, Any], *,
+                      if_version: int | None = None) -> dict[str, Any]:
+        """Replace (or create) document ``id``; the stored document.
+
+        ``if_version``: only if the document's ``_version`` is this.
+
+        Raises:
+            WriteError: refused (412 when ``if_version`` does not match, ...), or no
+                answer in :data:`WRITE_ATTEMPTS` attempts.
+            ConnectError: the token provider failed.
+        """
+        stored: dict[str, Any] = await self._request("PUT", _documents(collection, id), document,
+                                                     if_version=if_version)
+        return stored
+
+    async def patch(self, collection: str, id: str, patch: Mapping[str, Any], *,
+                    if_version: int | None = None) -> dict[str, Any]:
+        """Merge ``patch`` into document ``id`` (JSON merge patch: null removes a
+        field); the stored document.
+
+        Raises:
+            WriteError: refused (404 when there is no such document, 412, ...), or
+                no answer in :data:`WRITE_ATTEMPTS` attempts.
+            ConnectError: the token provider failed.
+        """
+        stored: dict[str, Any] = await self._request(
+            "PATCH", _documents(collection, id), patch, if_version=if_version,
+            content_type="application/merge-patch+json")
+        return stored
+
+    async def delete(self, collection: str, id: str, *, if_version: int | None = None) -> None:
+        """Delete document ``id``.
+
+        Raises:
+            WriteError: refused (404 when there is no such document, 412, ...), or
+                no answer in :data:`WRITE_ATTEMPTS` attempts.
+            ConnectError: the token provider failed.
+        """
+        await self._request("DELETE", _documents(collection, id), None, if_version=if_version)
+
     # -- internals -------------------------------------------------------------
+    async def _request(self, method: str, path: str, body: Mapping[str, Any] | None, *,
+                     if_version: int | None = None,
+                     content_type: str = "application/json") -> Any:
+        """Send one logical write, retried with one ``Idempotency-Key``; its JSON answer.
+
+        Raises:
+            WriteError: refused, or no answer in :data:`WRITE_ATTEMPTS` attempts.
+            ConnectError: the token provider failed.
+        """
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.http_url, timeout=WRITE_TIMEOUT)
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        token = await self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if if_version is not None:
+            headers["If-Match"] = f'"{if_version}"'
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["Content-Type"] = content_type
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                response = await self._http.request(method, path, content=content,
+                                                    headers=headers)
+            except httpx.TransportError as exc:
+                failure = WriteError(0, f"no answer from {self.http_url} "
+                                        f"({str(exc) or type(exc).__name__})")
+            else:
+                if response.status_code != 503:
+                    break
+                failure = _write_error(response)
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise failure
+            await asyncio.sleep(self._write_delay(attempt))
+        if response.status_code >= 400:
+            raise _write_error(response)
+        return response.json() if response.content else None
+
     def _set_state(self, state: ConnectionState, **info: Any) -> None:
         self.state = state
         if self._on_state is not None:
@@ -862,6 +1031,7 @@ def connect(
     open_timeout: float = 10.0,
     max_queue: int = DEFAULT_MAX_QUEUE,
     on_status: StatusCallback | None = None,
+    write_delay: Callable[[int], float] | None = None,
 ) -> Client:
     """A :class:`Client` for the server at ``url`` (``http(s)://host[:port]`` or ``ws(s)://.../ws``).
 
@@ -878,4 +1048,4 @@ def connect(
         ValueError: ``url`` is not an http(s) or ws(s) URL.
     """
     return Client(url, token=token, on_state=on_state, delay=delay, open_timeout=open_timeout,
-                  max_queue=max_queue, on_status=on_status)
+                  max_queue=max_queue, on_status=on_status, write_delay=write_delay)

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
 
     # Live feed
     ring_size: int = Field(default=10_000, ge=1)
+    ring_warm_seconds: float = Field(
+        default=10.0, ge=0,
+        description="At start-up the feed reads the latest changes (up to ring_size oplog "
+                    "entries) into the ring, so clients resuming after a restart replay from "
+                    "memory; subscriptions wait for it at most this long (0: no warm-up).")
     heartbeat_seconds: float = Field(default=25.0, gt=0)
     max_subscriptions: int = Field(default=100, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -512,6 +512,24 @@ class Database:
             return (ts.time, ts.inc)
         return None
 
+    async def oplog_window(self, back: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The cluster times of the oplog entry ``back`` entries before the newest
+        (the oldest, if there are fewer) and of the newest; None if it cannot be read."""
+        oplog = self._client.local["oplog.rs"]
+        try:
+            newest = await oplog.find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
+            found = await oplog.find({}, sort=[("$natural", -1)], projection={"ts": 1},
+                                     skip=back, limit=1).to_list(1)
+            older = found[0] if found else await oplog.find_one(
+                {}, sort=[("$natural", 1)], projection={"ts": 1})
+        except PyMongoError:
+            return None
+        last = None if newest is None else newest.get("ts")
+        first = None if older is None else older.get("ts")
+        if isinstance(first, Timestamp) and isinstance(last, Timestamp):
+            return (first.time, first.inc), (last.time, last.inc)
+        return None
+
     async def oplog_entries(self) -> int:
         """How many entries the oplog holds (an estimate from its metadata).
 
@@ -557,12 +575,15 @@ class Database:
         *,
         resume_after: Mapping[str, Any] | None = None,
         start_after: Mapping[str, Any] | None = None,
+        start_at: tuple[int, int] | None = None,
         max_await_time_ms: int | None = None,
         batch_size: int | None = None,
     ) -> ChangeStream:
         """Open a change stream on the database.
 
         Full documents come by ``updateLookup`` and pre-images when available.
+        ``start_at``: a cluster time to start at (its own events included),
+        when neither resume position is given.
 
         Raises:
             DatabaseUnavailable, HistoryLost
@@ -572,6 +593,7 @@ class Database:
             full_document_before_change="whenAvailable",
             resume_after=resume_after,
             start_after=start_after,
+            start_at_operation_time=None if start_at is None else Timestamp(*start_at),
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
         )

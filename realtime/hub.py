@@ -6,19 +6,26 @@ subscriptions and lets each decide and send (:class:`~realtime.subscription.
 Subscription`), inside one :class:`~realtime.outbox.Batcher` bracket.
 
 A subscription starts one of three ways (:meth:`Hub.start`): live from the
-head; from ``since`` (replayed from the ring, or caught up from the oplog by
-the :class:`History` when the ring no longer holds it); or snapshot then live
-(held back while the snapshot is read, then settled once the feed has passed
-the read, so nothing is lost or sent twice).
+head; from ``since`` (replayed from the ring at once when few events follow
+it, else caught up, paced, by the :class:`History`, from the ring or from the
+oplog when the ring no longer holds it); or snapshot then live (held back
+while the snapshot is read, then settled once the feed has passed the read, so
+nothing is lost or sent twice).
+
+While the feed warms the ring at start-up (:meth:`Hub.warming`),
+subscriptions wait to start until it is done (:meth:`Hub.warmed`): a live or
+snapshot one would otherwise receive that history as live, and a resuming one
+caught up from the oplog meanwhile would hold every event the warm-up reads
+(thousands, read faster than sent) until its backlog bound closed it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from itertools import islice
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from realtime import protocol
 from realtime.codec import dumps_str, key_to_json
@@ -26,9 +33,14 @@ from realtime.errors import RealtimeError
 from realtime.events import Event
 from realtime.index import Index
 from realtime.outbox import Batcher, BatchPolicy, Outbox
+from realtime.ring import Ring
 from realtime.subscription import Cluster, Phase, Subscription
 
-__all__ = ["History", "Hub", "Watcher"]
+__all__ = ["REPLAY_AT_ONCE", "History", "Hub", "Watcher"]
+
+#: A ``since`` followed by at most this many events in the ring is replayed at
+#: once; further back, the :class:`History` replays it paced to the socket.
+REPLAY_AT_ONCE: Final = 200
 
 
 class Watcher(Protocol):
@@ -59,23 +71,29 @@ class History(Protocol):
         """The number of the feed's first read of its stream to begin from now on."""
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
-        """Replay the oplog after ``since`` to ``subscription`` (CATCHING_UP), then live."""
+        """Replay every change after ``since`` to ``subscription`` (CATCHING_UP), then live."""
 
 
 class Hub:
     """Subscriptions indexed by connection and collection, the ring of recent events, the head."""
 
     def __init__(self, ring_size: int = 10_000, *, batch_policy: BatchPolicy | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 order: Callable[[str], Any] | None = None) -> None:
+        """``order`` maps stream positions to keys that sort in stream order, so a
+        ``since`` the ring neither holds nor marked is placed among its events."""
         self._indexes: dict[str, Index] = {}
-        self._ring: deque[Event] = deque()
-        self._ring_size = ring_size
-        self._ids: dict[str, int] = {}
-        self._marks: dict[str, int] = {}
-        self._seq = 0
+        #: The last ``ring_size`` events, for ``since``.
+        self.ring = Ring(ring_size)
+        self._order = order
         #: The latest stream position (event id or post-batch token), or None.
         self.position: str | None = None
+        #: Events published (fanned out), and events recorded while warming, since start.
         self.events = 0
+        self.warm_events = 0
+        #: Set unless the feed is warming the ring (subscriptions wait for it).
+        self._warm = asyncio.Event()
+        self._warm.set()
         #: Open connections and their subscriptions by id.
         self.connections: dict[Outbox, dict[str, Subscription]] = {}
         #: Connections closed for falling behind (4408), since start.
@@ -157,18 +175,27 @@ class Hub:
                     since: str | None = None, snapshot: bool = False, limit: int = 0) -> None:
         """Answer ``subscribe`` and start routing to ``subscription``, one of three ways.
 
-        With ``since``: every event after it, from the ring or else caught up
-        from the oplog by ``history``. With ``snapshot``: the ``limit`` first
+        With ``since``: every event after it, replayed from the ring at once
+        when at most :data:`REPLAY_AT_ONCE` follow it there, else caught up by
+        ``history`` (paced, from the ring or the oplog). With ``snapshot``: the ``limit`` first
         matching documents, then every change after the head without a gap
         and without sending what the snapshot shows. Otherwise: live from the
         head. A snapshot that cannot be read ends the subscription with an
-        ``error`` (code ``internal``).
+        ``error`` (code ``internal``). While the feed warms the ring, it first
+        waits for that to end.
         """
+        if not self._warm.is_set():
+            await self._warm.wait()
+            conn_: Any = subscription.conn
+            if subscription.phase is Phase.ENDED or conn_ not in self.connections:
+                return  # closed meanwhile
         conn = subscription.conn
         sub = subscription.sub
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
-            if self.can_replay(since, subscription):
+            seq = self.since_seq(since)
+            if (seq is not None and self.ring.seq - seq <= REPLAY_AT_ONCE
+                    and self.covers(subscription, seq)):
                 self.add(subscription)
                 self.replay(subscription, since)
             else:
@@ -251,11 +278,6 @@ class Hub:
                 del settling[subscription]
                 subscription.go_live()
 
-    def hand_over(self, subscription: Subscription, event_id: str) -> None:
-        """End a catch-up at ``event_id``, which the ring holds: it replays the rest."""
-        subscription.hand_over()
-        self.replay(subscription, event_id)
-
     def subscription_count(self) -> int:
         """How many subscriptions are routed."""
         return sum(len(index) for index in self._indexes.values())
@@ -263,20 +285,13 @@ class Hub:
     # -- events --------------------------------------------------------------------
     def publish(self, ev: Event) -> None:
         """Record ``ev`` in the ring and deliver it to every matching subscription."""
-        self._seq += 1
-        ev.seq = self._seq
-        ring = self._ring
-        if len(ring) >= self._ring_size:
-            old = ring.popleft()
-            self._ids.pop(old.id, None)
-            if len(self._marks) > self._ring_size:
-                floor = old.seq
-                self._marks = {k: v for k, v in self._marks.items() if v >= floor}
-        ring.append(ev)
-        self._ids[ev.id] = ev.seq
+        self.ring.append(ev)
         self.position = ev.id
-        self.events += 1
         self.last_ct = ev.ct
+        if self._warm.is_set():
+            self.events += 1
+        else:
+            self.warm_events += 1
         if self._settling:
             self._settle(ev.ct)
         index = self._indexes.get(ev.collection)
@@ -300,67 +315,70 @@ class Hub:
         """Note a new stream position without an event (a post-batch token)."""
         self.position = token
 
+    def warming(self) -> None:
+        """The feed starts reading recent history into the ring: hold subscriptions back."""
+        self._warm.clear()
+
+    def warmed(self) -> None:
+        """The ring is warm (or warming gave up): subscriptions start."""
+        self._warm.set()
+
+    @property
+    def is_warming(self) -> bool:
+        """True while the feed warms the ring."""
+        return not self._warm.is_set()
+
     def head(self) -> str | None:
         """The current position, remembered so a client may resume from it."""
         position = self.position
-        if position is not None and position not in self._ids:
-            self._marks[position] = self._seq
+        if position is not None:
+            self.ring.mark(position)
         return position
 
-    def _since_seq(self, since: str) -> int | None:
-        seq = self._ids.get(since)
-        if seq is None:
-            seq = self._marks.get(since)
-        if seq is None:
-            return None
-        oldest = self._ring[0].seq if self._ring else self._seq + 1
-        if seq < oldest - 1:
-            return None
+    def since_seq(self, since: str) -> int | None:
+        """The ring's number after which every event follows ``since``, if it holds them all."""
+        seq = self.ring.seq_of(since)
+        order, position = self._order, self.position
+        if seq is None and order is not None and position is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                if order(since) <= order(position):  # the feed has passed it
+                    seq = self.ring.seq_at(since, order)
         return seq
 
     def has_event(self, event_id: str) -> bool:
         """True if the event ``event_id`` is in the ring."""
-        return event_id in self._ids
+        return event_id in self.ring
 
-    def can_replay(self, since: str, subscription: Subscription | None = None) -> bool:
-        """True if every event after ``since`` is still in the ring (for ``subscription``).
+    def can_replay(self, since: str) -> bool:
+        """True if every event after ``since`` is still in the ring."""
+        return self.since_seq(since) is not None
 
-        An edge's ring holds only the subjects it consumed; its :attr:`watcher`
-        says whether it consumed all that ``subscription`` needs since then.
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        """True if the ring holds every event ``subscription`` needs after ring number ``seq``.
+
+        Always, unless an edge's :attr:`watcher` says otherwise: its ring holds
+        only the subjects it consumed, and since when.
         """
-        seq = self._since_seq(since)
-        if seq is None:
-            return False
-        watcher = self.watcher
-        return subscription is None or watcher is None or watcher.covers(subscription, seq)
-
-    def holds(self, subscription: Subscription, event_id: str) -> bool:
-        """True if the ring holds ``event_id`` and every event after it ``subscription`` needs."""
-        seq = self._ids.get(event_id)
-        if seq is None:
-            return False
         watcher = self.watcher
         return watcher is None or watcher.covers(subscription, seq)
 
     def replay(self, subscription: Subscription, since: str) -> int:
-        """Deliver to ``subscription`` the ring's events after ``since``.
+        """Deliver to ``subscription`` the ring's events after ``since``, all at once.
 
         Returns how many events were examined.
 
         Raises:
             KeyError: ``since`` is not replayable (check :meth:`can_replay` first).
         """
-        seq = self._since_seq(since)
-        if seq is None:
+        seq = self.since_seq(since)
+        events = None if seq is None else self.ring.after(seq)
+        if events is None:
             raise KeyError(since)
-        ring = self._ring
-        start = seq - ring[0].seq + 1 if ring else 0
-        examined = 0
-        for ev in islice(ring, max(start, 0), None):
-            if ev.collection == subscription.collection:
+        collection = subscription.collection
+        for ev in events:
+            if ev.collection == collection:
                 subscription.deliver(ev)
-            examined += 1
-        return examined
+        return len(events)
 
     def subscriptions_of(self, collection: str | None = None) -> Iterable[Subscription]:
         """Subscriptions of one collection (or of all)."""

@@ -16,7 +16,8 @@ Metric names (all prefixed ``realtime_``; docs/operations.md has the full table)
 ``info{version,driver}``, ``websocket_connections``, ``subscriptions``,
 ``send_backlog_messages``, ``feed_events_total``, ``messages_sent_total``,
 ``slow_consumer_closes_total``, ``feed_restarts_total``, ``feed_catchups_total``,
-``feed_up``, ``feed_state{state}``, ``feed_lag_seconds``,
+``feed_ring_catchups_total``, ``ring_warm_events``, ``feed_up``, ``feed_state{state}``,
+``feed_lag_seconds``,
 ``feed_last_event_timestamp_seconds``, ``messages_dropped_total`` and the
 histograms ``delivery_seconds`` and ``http_request_duration_seconds{method,route,status}``,
 plus the standard ``process_*`` and ``python_*`` families.
@@ -146,6 +147,12 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily("realtime_feed_catchups",
                                   "Resumes served by a catch-up change stream.",
                                   value=services.history.catchups)
+        yield CounterMetricFamily("realtime_feed_ring_catchups",
+                                  "Resumes replayed from the ring, paced (too far back to "
+                                  "send at once).", value=services.history.ring_catchups)
+        yield GaugeMetricFamily("realtime_ring_warm_events",
+                                "Events the feed read into the ring at start-up.",
+                                value=services.hub.warm_events)
         yield GaugeMetricFamily("realtime_feed_up", "1 while the change stream is live.",
                                 value=1 if feed.live else 0)
         state = GaugeMetricFamily("realtime_feed_state", "1 for the feed's current state.",

@@ -171,6 +171,23 @@ class StreamWriter:
         self.feed_status = feed
         return 0
 
+    # A relay keeps no ring: its feed never warms one (ring_warm_seconds=0).
+    def warming(self) -> None:
+        """Never called (no warm-up)."""
+
+    def warmed(self) -> None:
+        """Nothing to end."""
+
+    @property
+    def is_warming(self) -> bool:
+        """Never warming."""
+        return False
+
+    @property
+    def warm_events(self) -> int:
+        """None read."""
+        return 0
+
     # -- appends -------------------------------------------------------------------
     async def _change(self, ev: Event) -> None:
         raw = ev.raw
@@ -397,7 +414,10 @@ class Relay:
             self._published_before += self.writer.published
             self._ticks_before += self.writer.ticks
         self.writer = writer
-        feed = self.feed = Feed(self._db, writer, settings, keep_raw=True)
+        # No ring warm-up: the relay resumes from the stream's tail, never from the past.
+        feed = self.feed = Feed(self._db, writer,
+                                settings.model_copy(update={"ring_warm_seconds": 0.0}),
+                                keep_raw=True)
         if tail.token:
             feed.token = {"_data": tail.token}
         self.role = Role.ACTIVE

@@ -25,7 +25,7 @@ from realtime.auth import Authenticator
 from realtime.backoff import Backoff
 from realtime.catchup import DatabaseHistory
 from realtime.config import Settings
-from realtime.db import Database
+from realtime.db import Database, token_order
 from realtime.embedded import DataDirLock, EmbeddedServer
 from realtime.hub import Hub
 from realtime.limits import Limits
@@ -99,7 +99,7 @@ async def running(settings: Settings, auth: Authenticator,
             raise
         uri = embedded.uri
     db = Database(settings, uri)
-    hub = Hub(settings.ring_size)
+    hub = Hub(settings.ring_size, order=token_order)
     feed: Feed | BrokerSource
     history: DatabaseHistory | BrokerHistory
     if settings.broker_url is None:

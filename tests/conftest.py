@@ -4,6 +4,11 @@ One SecantusDB (``:memory:``) serves the whole run; each test gets its own
 database name, so tests are isolated without restarting the server. Fault tests
 start servers of their own (:class:`realtime.embedded.EmbeddedServer`). The
 helpers the fixtures use live in :mod:`tests.helpers`.
+
+Servers started by tests do not warm their ring at start-up
+(``REALTIME_RING_WARM_SECONDS=0``) unless the test is about it: the warm-up
+reads the shared server's last 10,000 oplog entries, every other test's
+writes, and costs a second or more per start on the embedded database.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from realtime.embedded import EmbeddedServer
 from tests.helpers import LiveServer, ServerProcess, live_server, running_app, server_process
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+os.environ.setdefault("REALTIME_RING_WARM_SECONDS", "0")  # subprocess servers too
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,6 +64,7 @@ def settings(mongo: EmbeddedServer) -> Settings:
         port=0,
         heartbeat_seconds=5,
         server_selection_timeout_ms=1500,
+        ring_warm_seconds=0,
     )
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import select
@@ -25,9 +26,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +371,114 @@ async def wire_proxy(uri_host: str, port: int) -> AsyncIterator[WireProxy]:
         yield proxy
     finally:
         await proxy.close()
+
+
+# ------------------------------------------------------------------ HTTP faults
+
+
+#: A 503 problem+json reply, as :func:`flaky_server` sends it.
+UNAVAILABLE = (503, b'{"title":"Service Unavailable","status":503,"detail":"database down"}')
+
+
+@contextlib.contextmanager
+def flaky_server(replies: list[tuple[int, bytes]]) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """An HTTP server answering ``replies`` in turn; yields its URL and (method, key) seen."""
+    seen: list[tuple[str, str]] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            seen.append((self.command, self.headers.get("Idempotency-Key", "")))
+            status, body = replies[min(len(seen), len(replies)) - 1]
+            self.send_response(status)
+            content_type = "application/problem+json" if status >= 400 else "application/json"
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Flaky) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+        finally:
+            httpd.shutdown()
+            thread.join(10)
+
+
+
+class ReplyDropper:
+    """A TCP proxy in front of an HTTP server that loses the next ``drop`` replies.
+
+    A request is forwarded and handled; the first bytes of its reply are
+    dropped and the client's connection is reset instead, so the client sees
+    a network error after the server did the work (a reply lost on the way).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Replies still to drop, and replies dropped so far.
+        self.drop = 0
+        self.dropped = 0
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> ReplyDropper:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._relay(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+
+        async def requests() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def replies() -> None:
+            while data := await up_reader.read(65536):
+                if self.drop > 0:
+                    self.drop -= 1
+                    self.dropped += 1
+                    writer.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            pumps = [asyncio.ensure_future(requests()), asyncio.ensure_future(replies())]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            up_writer.close()
+            writer.close()
 
 
 # ------------------------------------------------------------------ WebSocket clients

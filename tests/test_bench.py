@@ -100,6 +100,7 @@ async def test_drivers_quick(tmp_path: Path) -> None:
 
 async def test_storm_quick(tmp_path: Path) -> None:
     data = await quick("storm", tmp_path)
+    assert [run["warm_ring"] for run in data["runs"]] == [True, False]
     for run in data["runs"]:
         assert run["delivered"] == run["expected"] == run["clients"] * run["changes_after_since"]
         assert run["min_per_client"] == run["max_per_client"] == run["expected_per_client"]

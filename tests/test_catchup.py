@@ -23,7 +23,7 @@ from realtime.config import Settings
 from realtime.db import Database, token_order
 from realtime.errors import HistoryLost
 from realtime.events import Event, normalise
-from realtime.hub import Hub
+from realtime.hub import REPLAY_AT_ONCE, Hub
 from realtime.subscription import Cluster, Phase, Subscription
 
 pytestmark = pytest.mark.driver_blind
@@ -325,3 +325,85 @@ async def test_a_since_the_database_refuses_fails_alone() -> None:
         assert outlet.resyncs() == []
         assert outlet.keys == keys(6, 10)
     assert oplog.watched == [("c", token(2)), ("c", token(5))]
+
+
+# -- catch-up from the ring ------------------------------------------------------------
+def ringed(last: int, size: int = 10_000) -> Hub:
+    """A hub whose ring was given d1..d<last>."""
+    hub = Hub(ring_size=size)
+    for n in range(1, last + 1):
+        hub.publish(event(n))
+    return hub
+
+
+async def test_a_since_few_events_back_in_the_ring_is_replayed_at_once() -> None:
+    oplog, hub = Oplog([]), ringed(300)
+    store = history(oplog, hub)
+    sub, outlet = await resumed(hub, store, 300 - REPLAY_AT_ONCE)
+    assert sub.phase is Phase.LIVE  # no task: sent before start() returned
+    assert outlet.keys == keys(301 - REPLAY_AT_ONCE, 300)
+    assert (store.ring_catchups, store.catchups) == (0, 0)
+
+
+async def test_a_since_far_back_in_the_ring_is_replayed_paced_from_memory() -> None:
+    oplog, hub = Oplog([]), ringed(3000)
+    store = history(oplog, hub)
+    subs = [await resumed(hub, store, 10) for _ in range(50)]
+    assert {s.phase for s, _ in subs} == {Phase.CATCHING_UP}
+    await asyncio.sleep(0)
+    for n in range(3001, 3011):  # the feed goes on meanwhile
+        hub.publish(event(n))
+        await asyncio.sleep(0)
+    await store.join()
+    hub.publish(event(3011))
+    assert oplog.watched == []  # no catch-up stream
+    assert (store.ring_catchups, store.catchups) == (50, 0)
+    for sub, outlet in subs:
+        assert sub.phase is Phase.LIVE
+        assert outlet.keys == keys(11, 3011)  # every change once, in order
+
+
+async def test_a_congested_client_does_not_hold_back_the_others() -> None:
+    oplog, hub = Oplog([]), ringed(2000)
+    store = history(oplog, hub)
+    slow = await resumed(hub, store, 1)
+    fast = await resumed(hub, store, 1)
+    slow[1].backlog = slow[1].max_backlog  # its transport is paused
+    while fast[0].phase is Phase.CATCHING_UP:
+        await asyncio.sleep(0)
+    assert fast[1].keys == keys(2, 2000)
+    assert slow[1].keys == []  # paced: nothing more while it cannot take it
+    slow[1].backlog = 0  # drained
+    await store.join()
+    assert slow[1].keys == keys(2, 2000)
+
+
+async def test_a_client_the_ring_leaves_behind_goes_on_from_the_oplog() -> None:
+    oplog = Oplog([entry(n) for n in range(1, 801)])
+    hub = ringed(500, size=500)
+    store = history(oplog, hub)
+    sub, outlet = await resumed(hub, store, 50)
+    outlet.backlog = outlet.max_backlog  # stalls before its first chunk
+    await asyncio.sleep(0)
+    for n in range(501, 801):  # the ring turns past d51
+        hub.publish(event(n))
+    outlet.backlog = 0
+    await store.join()
+    assert oplog.watched == [("c", token(50))]
+    assert sub.phase is Phase.LIVE
+    assert outlet.keys == keys(51, 800)  # from the oplog, then the ring again at d301
+
+
+async def test_a_catch_up_from_the_oplog_goes_on_from_the_ring_paced() -> None:
+    oplog = Oplog([entry(n) for n in range(1, 3001)])
+    hub = Hub(ring_size=2500)
+    for n in range(501, 3001):
+        hub.publish(event(n))  # the ring holds d501..d3000
+    store = history(oplog, hub)
+    subs = [await resumed(hub, store, 100) for _ in range(20)]
+    await store.join()
+    assert len(oplog.watched) == 1
+    assert (store.ring_catchups, store.catchups) == (0, 20)
+    for sub, outlet in subs:
+        assert sub.phase is Phase.LIVE
+        assert outlet.keys == keys(101, 3000)

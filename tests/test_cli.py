@@ -30,7 +30,7 @@ from pymongo import AsyncMongoClient
 from realtime import __version__
 from realtime.cli import app
 from realtime.embedded import EmbeddedServer, free_port
-from tests.helpers import LiveServer, ServerProcess
+from tests.helpers import UNAVAILABLE, LiveServer, ServerProcess, flaky_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = "/api/collections/{}/documents"
@@ -648,40 +648,6 @@ async def test_tail_survives_a_server_restart(server: ServerProcess,
         await stop(tail)
 
 
-@contextlib.contextmanager
-def flaky_server(replies: list[tuple[int, bytes]]) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """An HTTP server answering ``replies`` in turn; yields its URL and (method, key) seen."""
-    seen: list[tuple[str, str]] = []
-
-    class Flaky(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            seen.append((self.command, self.headers.get("Idempotency-Key", "")))
-            status, body = replies[min(len(seen), len(replies)) - 1]
-            self.send_response(status)
-            content_type = "application/problem+json" if status >= 400 else "application/json"
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    with ThreadingHTTPServer(("127.0.0.1", 0), Flaky) as httpd:
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-        finally:
-            httpd.shutdown()
-            thread.join(10)
-
-
-_UNAVAILABLE = (503, b'{"title":"Service Unavailable","status":503,"detail":"database down"}')
 
 
 @pytest.mark.driver_blind
@@ -693,7 +659,7 @@ _UNAVAILABLE = (503, b'{"title":"Service Unavailable","status":503,"detail":"dat
 ])
 async def test_put_and_rm_retry_a_503_with_one_idempotency_key(
         args: tuple[str, ...], method: str, ok: tuple[int, bytes]) -> None:
-    with flaky_server([_UNAVAILABLE, _UNAVAILABLE, ok]) as (url, seen):
+    with flaky_server([UNAVAILABLE, UNAVAILABLE, ok]) as (url, seen):
         code, _, err = await cli(*args, "--url", url)
     assert code == 0, err
     assert [m for m, _ in seen] == [method] * 3
@@ -704,7 +670,7 @@ async def test_put_and_rm_retry_a_503_with_one_idempotency_key(
 
 @pytest.mark.driver_blind
 async def test_put_gives_up_after_four_attempts() -> None:
-    with flaky_server([_UNAVAILABLE]) as (url, seen):
+    with flaky_server([UNAVAILABLE]) as (url, seen):
         code, _, err = await cli("put", "docs", '{"n": 1}', "--url", url)
     assert code == 1
     assert "503" in err

@@ -16,7 +16,9 @@ from pymongo import AsyncMongoClient
 from realtime.client import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    WRITE_ATTEMPTS,
     Change,
+    Client,
     ConnectError,
     ConnectionRejected,
     ConnectionState,
@@ -28,13 +30,25 @@ from realtime.client import (
     Subscribed,
     Subscription,
     SubscriptionError,
+    WriteError,
     backoff_delay,
     connect,
+    http_url,
     ws_url,
 )
 from realtime.config import Settings
 from realtime.embedded import EmbeddedServer, free_port
-from tests.helpers import LiveServer, ServerProcess, bearer, hs256, jwt_settings, live_server
+from tests.helpers import (
+    UNAVAILABLE,
+    LiveServer,
+    ReplyDropper,
+    ServerProcess,
+    bearer,
+    flaky_server,
+    hs256,
+    jwt_settings,
+    live_server,
+)
 
 DOCS = "/api/collections/{}/documents"
 
@@ -435,3 +449,122 @@ async def test_restart_mid_stream_loses_nothing(server: ServerProcess, mongo: Em
         assert expected["o0"]["n"] == 100
         assert "o1" not in expected
         assert {"o5", "o6", "o7", "last"} <= set(expected)
+
+
+# -- writes: one Idempotency-Key per logical write, retried -----------------------------
+def no_wait(attempt: int) -> float:
+    return 0.0
+
+
+async def changes_until_marker(sub: Subscription, client: Client, collection: str) -> list[Change]:
+    """The changes ``sub`` gets up to a marker document written now (excluded)."""
+    marker = await client.insert(collection, {"marker": True})
+    seen = await until(sub, lambda e: isinstance(e, Change) and e.key == marker["_id"])
+    return [e for e in seen[:-1] if isinstance(e, Change)]
+
+
+async def test_writes_round_trip_and_reach_subscribers(live: LiveServer) -> None:
+    async with connect(live.url) as client, client.subscribe("w") as sub:
+        assert isinstance(await next_event(sub), Subscribed)
+        doc = await client.insert("w", {"_id": "a", "n": 1})
+        assert doc == {"_id": "a", "_version": 1, "n": 1}
+        doc = await client.replace("w", "a", {"n": 2}, if_version=1)
+        assert doc == {"_id": "a", "_version": 2, "n": 2}
+        doc = await client.patch("w", "a", {"m": 3, "n": None}, if_version=2)
+        assert doc == {"_id": "a", "_version": 3, "m": 3}
+        assert await client.delete("w", "a", if_version=3) is None
+        got = await changes_until_marker(sub, client, "w")
+        assert [(c.op, c.key) for c in got] == [
+            ("insert", "a"), ("replace", "a"), ("update", "a"), ("delete", "a")]
+
+
+async def test_a_refused_write_raises_with_the_problem(live: LiveServer) -> None:
+    async with connect(live.url) as client:
+        await client.insert("w", {"_id": "b"})
+        with pytest.raises(WriteError) as conflict:
+            await client.insert("w", {"_id": "b"})
+        assert conflict.value.status == 409
+        with pytest.raises(WriteError) as stale:
+            await client.replace("w", "b", {"n": 1}, if_version=7)
+        assert stale.value.status == 412
+        with pytest.raises(WriteError) as missing:
+            await client.patch("w", "nope", {"n": 1})
+        assert missing.value.status == 404
+        assert missing.value.problem["status"] == 404
+        with pytest.raises(WriteError) as bad:
+            await client.insert("no such/collection", {"n": 1})
+        assert bad.value.status in (404, 422)
+        assert bad.value.detail
+
+
+@pytest.mark.parametrize("kind", ["insert", "replace", "patch", "delete"])
+async def test_a_write_whose_reply_is_lost_is_retried_and_applied_once(
+        live: LiveServer, kind: str) -> None:
+    """The server applied the write; the reply never came: the retry, with the same
+    key, gets the original answer and the change happens once."""
+    async with ReplyDropper("127.0.0.1", live.port) as proxy, \
+            connect(live.url) as watcher, watcher.subscribe("w") as sub, \
+            connect(proxy.url, write_delay=no_wait) as client:
+        assert isinstance(await next_event(sub), Subscribed)
+        await watcher.insert("w", {"_id": "a", "n": 1})
+        proxy.drop = 1
+        if kind == "insert":
+            result = await client.insert("w", {"_id": "b", "n": 1})
+            assert result == {"_id": "b", "_version": 1, "n": 1}  # not a 409
+        elif kind == "replace":
+            result = await client.replace("w", "a", {"n": 2}, if_version=1)
+            assert result == {"_id": "a", "_version": 2, "n": 2}  # not a 412
+        elif kind == "patch":
+            result = await client.patch("w", "a", {"n": 2}, if_version=1)
+            assert result == {"_id": "a", "_version": 2, "n": 2}
+        else:
+            assert await client.delete("w", "a", if_version=1) is None  # not a 404
+        assert proxy.dropped == 1
+        got = await changes_until_marker(sub, watcher, "w")
+        assert [c.op for c in got] == ["insert", {"insert": "insert", "replace": "replace",
+                                                  "patch": "update", "delete": "delete"}[kind]]
+
+
+@pytest.mark.driver_blind
+async def test_a_503_is_retried_with_one_key_then_given_up() -> None:
+    stored = (201, b'{"_id":"a","_version":1,"n":1}')
+    client = Client("http://127.0.0.1:1", write_delay=no_wait)
+    try:
+        with flaky_server([UNAVAILABLE, UNAVAILABLE, stored]) as (url, seen):
+            client.http_url = url
+            assert await client.insert("w", {"n": 1}) == {"_id": "a", "_version": 1, "n": 1}
+        assert [m for m, _ in seen] == ["POST"] * 3
+        assert len({k for _, k in seen}) == 1  # one logical write, one key
+        with flaky_server([UNAVAILABLE]) as (url, seen):
+            other = Client(url, write_delay=no_wait)
+            try:
+                with pytest.raises(WriteError) as down:
+                    await other.delete("w", "a")
+            finally:
+                await other.close()
+        assert down.value.status == 503
+        assert down.value.detail == "database down"
+        assert len(seen) == WRITE_ATTEMPTS
+        assert len({k for _, k in seen}) == 1
+    finally:
+        await client.close()
+
+
+@pytest.mark.driver_blind
+async def test_a_server_that_never_answers_is_a_write_error_after_every_attempt() -> None:
+    client = Client(f"http://127.0.0.1:{free_port()}", write_delay=no_wait)
+    try:
+        with pytest.raises(WriteError) as unreachable:
+            await client.insert("w", {"n": 1})
+    finally:
+        await client.close()
+    assert unreachable.value.status == 0
+    assert "no answer from http://127.0.0.1:" in str(unreachable.value)
+
+
+def test_http_url_is_the_rest_base_of_a_ws_or_http_url() -> None:
+    assert http_url("ws://h:8000/ws") == "http://h:8000"
+    assert http_url("wss://h/rt/ws") == "https://h/rt"
+    assert http_url("http://h:8000/") == "http://h:8000"
+    with pytest.raises(ValueError, match="not an http"):
+        http_url("ftp://h")

@@ -32,7 +32,8 @@ FAMILIES = {
     "realtime_info", "realtime_websocket_connections", "realtime_subscriptions",
     "realtime_send_backlog_messages", "realtime_feed_events", "realtime_messages_sent",
     "realtime_slow_consumer_closes", "realtime_feed_restarts", "realtime_feed_catchups",
-    "realtime_feed_up", "realtime_feed_state", "realtime_http_request_duration_seconds",
+    "realtime_feed_ring_catchups", "realtime_ring_warm_events", "realtime_feed_up",
+    "realtime_feed_state", "realtime_http_request_duration_seconds",
     "realtime_messages_dropped", "realtime_delivery_seconds", "process_resident_memory_bytes",
 }
 
@@ -137,8 +138,8 @@ def _fake_services(**hub: Any) -> SimpleNamespace:
     return SimpleNamespace(
         hub=SimpleNamespace(connections=conns, events=hub.get("events", 0),
                             slow_consumers=hub.get("slow", 0), sent_closed=0, dropped=0,
-                            subscription_count=lambda: 3),
-        history=SimpleNamespace(catchups=5),
+                            subscription_count=lambda: 3, warm_events=11),
+        history=SimpleNamespace(catchups=5, ring_catchups=6),
         feed=SimpleNamespace(source="changestream", restarts=4, lag=1.5, last_event_wall=1e9,
                              live=False, state=FeedState.RETRYING,
                              publish_latency=LatencyBuckets()),
@@ -166,6 +167,8 @@ def test_collector_reads_the_counters() -> None:
     assert got["realtime_slow_consumer_closes_total"] == 1
     assert got["realtime_feed_restarts_total"] == 4
     assert got["realtime_feed_catchups_total"] == 5
+    assert got["realtime_feed_ring_catchups_total"] == 6
+    assert got["realtime_ring_warm_events"] == 11
     assert got["realtime_feed_up"] == 0
     assert got["realtime_feed_state{'state': 'retrying'}"] == 1
     assert got["realtime_feed_lag_seconds"] == 1.5

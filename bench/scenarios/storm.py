@@ -1,11 +1,15 @@
 """storm: thousands of clients resume with one ``since`` after a server restart.
 
 A realtime server runs, is stopped, changes are written while it is down, and
-a fresh server starts; then N clients subscribe at once with the ``since`` from
-before those changes (older than the new server's ring), on a database whose
-oplog holds ≥ 50,000 entries. Measured: the time from the restart (the new
+a fresh server starts (warming its ring from the oplog); then N clients
+subscribe at once with the ``since`` from before those changes (the head of a
+stream opened then: a position, not an event id), on a database whose oplog
+holds ≥ 50,000 entries. Measured: the time from the restart (the new
 server's spawn) until every client holds every change, and each client's count
-(which must equal the changes written, exactly: none lost, none twice).
+(which must equal the changes written, exactly: none lost, none twice). Each
+size runs twice on the same database, with the ring warmed at start-up (the
+default) and without (``REALTIME_RING_WARM_SECONDS=0``: every client is caught
+up from the oplog by the shared readers).
 """
 
 from __future__ import annotations
@@ -74,63 +78,78 @@ async def run(opts: Options) -> dict[str, Any]:
                 await old.run(filler, batch=1000)  # an oplog of ≥ `filler` entries
             finally:
                 await old.close()
-            server = await stack.realtime(db.uri, database)
-            await server.stop()
-            oplog_before, since = await _oplog(db.uri, database)
-            writer = DbWriter(db.uri, database, "storm")
-            try:
-                await writer.run(changes, batch=1000)  # while the server is down
-            finally:
-                await writer.close()
-            restarted = time.monotonic()
-            server = await stack.realtime(db.uri, database)
-            ready = time.monotonic() - restarted
-            window = CpuWindow({"server": [server.pid]})
-            sub = orjson.dumps({"op": "subscribe", "sub": "s", "collection": "storm",
-                                "since": since}).decode()
-            load = await Load(stack, server.ws_url, [[sub]] * n).start()
-            subscribed = time.monotonic() - restarted
-            complete = await load.wait(n * changes, 120, idle=20)
-            caught_up = time.monotonic() - restarted
-            cpu = window.stop()
-            await load.settle(quiet=1.0)  # anything sent twice arrives meanwhile
-            got = await load.report(samples=False)
-            await load.stop()
-            await server.stop()
-            wrong = sum(1 for c in got.counts if c != changes)
-            result = {
-                "clients": n, "oplog_entries": oplog_before + changes,
-                "changes_after_since": changes, "expected_per_client": changes,
-                "delivered": got.total, "expected": n * changes,
-                "min_per_client": min(got.counts), "max_per_client": max(got.counts),
-                "clients_with_wrong_count": wrong,
-                "ready_seconds": round(ready, 2), "subscribed_seconds": round(subscribed, 2),
-                "caught_up_seconds": round(caught_up, 2),
-                "complete": complete and wrong == 0 and got.total == n * changes,
-                "closes": got.closes, "cpu": cpu,
-            }
-            runs.append(result)
-            opts.log(f"storm {n:>5}: all caught up {caught_up:.2f} s after the restart "
-                     f"(ready {ready:.2f} s, all subscribed {subscribed:.2f} s); oplog "
-                     f"{result['oplog_entries']:,} entries; per client "
-                     f"{result['min_per_client']}..{result['max_per_client']} of {changes}; "
-                     f"{cpu_note(cpu)}")
+            for warm in (True, False):
+                env = {"REALTIME_RING_WARM_SECONDS": "10" if warm else "0"}
+                runs.append(await _restart(stack, opts, db.uri, database, n, changes, env))
     finally:
         await stack.close()
     return report.finish(opts, "storm", runs, RENDER)
 
 
+async def _restart(stack: Stack, opts: Options, uri: str, database: str, n: int,
+                   changes: int, env: dict[str, str]) -> dict[str, Any]:
+    """Stop a server, write ``changes`` meanwhile, restart it (``env``) under ``n`` clients."""
+    server = await stack.realtime(uri, database, env)
+    await server.stop()
+    oplog_before, since = await _oplog(uri, database)
+    writer = DbWriter(uri, database, "storm")
+    try:
+        await writer.run(changes, batch=1000)  # while the server is down
+    finally:
+        await writer.close()
+    restarted = time.monotonic()
+    server = await stack.realtime(uri, database, env)
+    ready = time.monotonic() - restarted
+    window = CpuWindow({"server": [server.pid]})
+    sub = orjson.dumps({"op": "subscribe", "sub": "s", "collection": "storm",
+                        "since": since}).decode()
+    load = await Load(stack, server.ws_url, [[sub]] * n).start()
+    subscribed = time.monotonic() - restarted
+    complete = await load.wait(n * changes, 120, idle=20)
+    caught_up = time.monotonic() - restarted
+    cpu = window.stop()
+    await load.settle(quiet=1.0)  # anything sent twice arrives meanwhile
+    got = await load.report(samples=False)
+    await load.stop()
+    await server.stop()
+    wrong = sum(1 for c in got.counts if c != changes)
+    warm = env["REALTIME_RING_WARM_SECONDS"] != "0"
+    result = {
+        "clients": n, "oplog_entries": oplog_before + changes, "warm_ring": warm,
+        "changes_after_since": changes, "expected_per_client": changes,
+        "delivered": got.total, "expected": n * changes,
+        "min_per_client": min(got.counts), "max_per_client": max(got.counts),
+        "clients_with_wrong_count": wrong,
+        "ready_seconds": round(ready, 2), "subscribed_seconds": round(subscribed, 2),
+        "caught_up_seconds": round(caught_up, 2),
+        "complete": complete and wrong == 0 and got.total == n * changes,
+        "closes": got.closes, "cpu": cpu,
+    }
+    opts.log(f"storm {n:>5} ({'warm ring' if warm else 'cold ring'}): all caught up "
+             f"{caught_up:.2f} s after the restart (ready {ready:.2f} s, all subscribed "
+             f"{subscribed:.2f} s); oplog {result['oplog_entries']:,} entries; per client "
+             f"{result['min_per_client']}..{result['max_per_client']} of {changes}; "
+             f"{cpu_note(cpu)}")
+    return result
+
+
+def _ring(r: dict[str, Any]) -> str:
+    return "warmed" if r.get("warm_ring", False) else "cold"
+
+
 def table(runs: Runs) -> str:
     """The Markdown table of ``storm.md``."""
     lines = ["Clients resuming with one `since` after a server restart (the changes since "
-             "were written while it was down: older than the new server's ring). Seconds "
-             "from the new server's spawn.", "",
-             "| clients | oplog entries | changes per client | ready s | all subscribed s "
+             "were written while it was down). Ring: warmed from the oplog at start-up (the "
+             "default), or cold (`REALTIME_RING_WARM_SECONDS=0`: every client caught up from "
+             "the oplog). Seconds from the new server's spawn.", "",
+             "| clients | ring | oplog entries | changes per client | ready s | all subscribed s "
              "| all caught up s | per client min..max | wrong counts |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         lines.append(
-            f"| {r['clients']:,} | {r['oplog_entries']:,} | {r['expected_per_client']:,} "
+            f"| {r['clients']:,} | {_ring(r)} | {r['oplog_entries']:,} "
+            f"| {r['expected_per_client']:,} "
             f"| {r['ready_seconds']:.2f} | {r['subscribed_seconds']:.2f} "
             f"| {r['caught_up_seconds']:.2f} | {r['min_per_client']}..{r['max_per_client']} "
             f"| {r['clients_with_wrong_count']} |")
@@ -139,8 +158,8 @@ def table(runs: Runs) -> str:
 
 def panel(ax: Any, runs: Runs) -> None:
     """Bars of seconds until every client caught up, with the target."""
-    ax.bar([f"{r['clients']:,}" for r in runs], [r["caught_up_seconds"] for r in runs],
-           color="tab:purple")
+    ax.bar([f"{r['clients']:,}, {_ring(r)}" for r in runs],
+           [r["caught_up_seconds"] for r in runs], color="tab:purple")
     ax.axhline(TARGET_SECONDS, color="grey", lw=0.8, ls=":",
                label=f"target {TARGET_SECONDS:g} s")
     ax.set_xlabel("clients resuming")
@@ -158,7 +177,8 @@ def chart(runs: Runs, path: Path) -> None:
 
 def summary(runs: Runs) -> list[Row]:
     """One row per client count."""
-    return [(f"storm, {r['clients']:,} clients resume ({r['oplog_entries']:,} oplog entries)",
+    return [(f"storm, {r['clients']:,} clients resume ({r['oplog_entries']:,} oplog entries, "
+             f"{_ring(r)} ring)",
              f"{r['caught_up_seconds']:.1f} s to all caught up",
              f"≤ {TARGET_SECONDS:g} s") for r in runs]
 

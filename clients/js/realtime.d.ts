@@ -185,6 +185,12 @@ export interface ConnectOptions {
   token?: TokenOption | null;
   /** Reconnect delay in ms for a 0-based attempt (default {@link backoffDelay}). */
   delay?: (attempt: number) => number;
+  /** Delay in ms before retrying a write, for a 0-based attempt (default {@link backoffDelay} up to {@link WRITE_BACKOFF_MAX_MS}). */
+  writeDelay?: (attempt: number) => number;
+  /** The REST API's base URL (default: derived from the client's URL, {@link httpUrl}). */
+  httpUrl?: string;
+  /** The fetch function for writes (default `globalThis.fetch`). */
+  fetch?: typeof fetch;
   /** Connect at once (default true); otherwise call {@link RealtimeClient.open}. */
   autoConnect?: boolean;
   /**
@@ -300,6 +306,31 @@ export declare function applyEvent<D = Document>(
   ev: SubscriptionEvent<D>,
 ): ApplyResult;
 
+/** Attempts of one write, all with its one `Idempotency-Key`. */
+export declare const WRITE_ATTEMPTS: 4;
+/** Largest backoff ceiling between the attempts of a write, in milliseconds. */
+export declare const WRITE_BACKOFF_MAX_MS: 4000;
+
+/** The REST API's base URL of a server given by its WebSocket, HTTP or relative URL. */
+export declare function httpUrl(url?: string): string;
+
+/** A write the server refused, or that got no answer in any attempt (`status` 0). */
+export declare class RealtimeWriteError extends Error {
+  constructor(status: number, detail: string, problem?: Record<string, unknown> | null);
+  /** The HTTP status, or 0 when no answer came. */
+  readonly status: number;
+  /** The problem's `detail` (or `title`), or why no answer came. */
+  readonly detail: string;
+  /** The problem+json body, if any. */
+  readonly problem: Record<string, unknown> | null;
+}
+
+/** Options of a conditional write. */
+export interface WriteOptions {
+  /** Only if the document's `_version` is this (else 412). */
+  ifVersion?: number | undefined;
+}
+
 /** Create a {@link RealtimeClient} and, unless `autoConnect` is false, open it. */
 export declare function connect(url?: string, options?: ConnectOptions): RealtimeClient;
 
@@ -312,6 +343,8 @@ export declare class RealtimeClient {
   constructor(url?: string, options?: ConnectOptions);
   /** The WebSocket URL. */
   readonly url: string;
+  /** The REST API's base URL (writes). */
+  readonly httpUrl: string;
   /** The credentials option; may be replaced before a reconnect. */
   token: TokenOption | null;
   /** The current state. */
@@ -354,4 +387,19 @@ export declare class RealtimeClient {
 
   /** Close for good: no reconnect; subscriptions stay registered but idle until `open()`. */
   close(): void;
+
+  /**
+   * Insert a document; resolves to the stored one (with `_id` and `_version`).
+   * Each write carries one `Idempotency-Key` and is retried on a 503 or a network
+   * error; the server applies it once. Rejects with {@link RealtimeWriteError}.
+   */
+  insert<D = Document>(collection: string, document: Partial<D> & object): Promise<D>;
+  /** Replace (or create) document `id`; resolves to the stored document. */
+  replace<D = Document>(collection: string, id: string, document: object,
+    options?: WriteOptions): Promise<D>;
+  /** Merge `patch` into document `id` (`null` removes a field); resolves to the stored document. */
+  patch<D = Document>(collection: string, id: string, patch: object,
+    options?: WriteOptions): Promise<D>;
+  /** Delete document `id`. */
+  delete(collection: string, id: string, options?: WriteOptions): Promise<void>;
 }

@@ -62,7 +62,9 @@ async def readyz(db: DbDep, settings: SettingsDep, services: ServicesDep) -> Res
         checks["database"] = {"status": "unavailable", "reason": exc.detail}
     feed = services.feed
     checks["feed"] = {"status": feed.state.value, "restarts": feed.restarts,
-                      "lag_seconds": feed.lag, "catchups": services.history.catchups}
+                      "lag_seconds": feed.lag, "catchups": services.history.catchups,
+                      "ring_catchups": services.history.ring_catchups,
+                      "warming": services.hub.is_warming}
     if feed.last_error:
         checks["feed"]["last_error"] = feed.last_error
     if feed.retrying_since is not None:

@@ -117,7 +117,7 @@ class BrokerSource:
         """Count the subscription's subject; consume it from now on if it is new."""
         pattern = self._pattern(subscription)
         if self.interest.add(pattern):
-            self._covered[pattern] = self._hub.events
+            self._covered[pattern] = self._hub.ring.seq
             self._changed.set()
 
     def removed(self, subscription: Subscription) -> None:
@@ -128,11 +128,17 @@ class BrokerSource:
             self._changed.set()
 
     def covers(self, subscription: Subscription, seq: int) -> bool:
-        """True if this edge consumed all ``subscription`` needs after ring number ``seq``."""
+        """True if this edge consumed all ``subscription`` needs after ring number ``seq``.
+
+        A subject consumed from ring number ``start`` on is complete only after
+        events the ring numbers *after* ``start``: the ring numbers no events
+        the edge did not consume, so what came between the event numbered
+        ``start`` and the moment the subject was added is not in it.
+        """
         pattern = self._pattern(subscription)
         starts = [self._covered[p] for p in (pattern, pattern.rsplit(".", 1)[0] + ".*")
                   if p in self._covered]
-        return bool(starts) and seq >= min(starts)
+        return bool(starts) and seq > min(starts)
 
     # -- state (as the feed's) -------------------------------------------------------
     def start(self) -> None:
@@ -425,6 +431,11 @@ class BrokerHistory:
         self.replays = 0
         self.catchups = 0
 
+    @property
+    def ring_catchups(self) -> int:
+        """Resumes replayed from the ring, paced (by the database history's ring walker)."""
+        return self._database.ring_catchups
+
     async def snapshot(self, collection: str, filter: Mapping[str, Any],
                        limit: int) -> tuple[list[dict[str, Any]], Cluster | None]:
         """The database's snapshot (see :meth:`DatabaseHistory.snapshot`).
@@ -439,7 +450,11 @@ class BrokerHistory:
         return self._source.polls + 2
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
-        """Replay after ``since`` from JetStream (or the database), then live."""
+        """Replay after ``since`` from the ring (paced), JetStream or the database, then live."""
+        seq = self._hub.since_seq(since)
+        if seq is not None and self._hub.covers(subscription, seq):
+            self._database.catch_up(subscription, since)  # the ring, paced to the socket
+            return
         task = asyncio.get_running_loop().create_task(
             self._replay(subscription, since), name="realtime-replay")
         self._tasks.add(task)

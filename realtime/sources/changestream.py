@@ -68,6 +68,20 @@ class Sink(Protocol):
     def status(self, feed: str) -> int:
         """The feed's state as a ``status`` message says it (``protocol.FEED_*``)."""
 
+    def warming(self) -> None:
+        """The feed starts reading recent history (the hub's ring warm-up)."""
+
+    def warmed(self) -> None:
+        """The warm-up is over."""
+
+    @property
+    def is_warming(self) -> bool:
+        """True while warming."""
+
+    @property
+    def warm_events(self) -> int:
+        """Events read while warming."""
+
 
 class Stalled(RealtimeError):
     """The change stream produced neither a batch nor a heartbeat in time."""
@@ -143,6 +157,11 @@ class Feed:
         #: Reads of the change stream begun (numbered from 1; see Hub.settle).
         self.polls = 0
         self._invalidated = False
+        #: While warming the ring: the cluster time that ends it, and its timer.
+        self._warm_until: tuple[int, int] | None = None
+        self._warm_timer: asyncio.TimerHandle | None = None
+        #: Where the first stream starts (None: now), chosen by :meth:`_warm_start`.
+        self._start_at: tuple[int, int] | None = None
 
     def start(self) -> None:
         """Start the watcher task."""
@@ -156,6 +175,7 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._cancel_down_timer()
+        self._warmed("stopped")
         self.state = FeedState.STOPPED
 
     @property
@@ -222,8 +242,38 @@ class Feed:
             pipeline(self._settings.collections),
             resume_after=None if after_invalidate else self.token,
             start_after=self.token if after_invalidate else None,
+            start_at=self._start_at if self.token is None else None,
             max_await_time_ms=self._settings.feed_max_await_ms,
         )
+
+    async def _warm_start(self) -> None:
+        """Start the first stream ``ring_size`` oplog entries back, warming the ring.
+
+        Until the stream reaches the newest entry of now (or returns an empty
+        batch, or ``ring_warm_seconds`` pass), the hub only records events and
+        subscriptions wait: a client resuming after a restart then replays
+        from memory what was written before and while the process was down.
+        """
+        seconds = self._settings.ring_warm_seconds
+        if seconds <= 0:
+            return
+        window = await self._db.oplog_window(self._settings.ring_size)
+        if window is None:
+            return
+        self._start_at, self._warm_until = window
+        self._hub.warming()
+        self._warm_timer = asyncio.get_running_loop().call_later(
+            seconds, self._warmed, "timed out")
+
+    def _warmed(self, why: str) -> None:
+        """End the warm-up (``why``, for the log)."""
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        self._start_at = self._warm_until = None
+        if self._hub.is_warming:
+            log.info("ring warmed with %d events (%s)", self._hub.warm_events, why)
+            self._hub.warmed()
 
     async def run(self) -> None:
         """Watch until cancelled (what :meth:`start` runs as a task).
@@ -233,6 +283,7 @@ class Feed:
                 errors are retried, never raised.
         """
         backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
+        await self._warm_start()
         while True:
             try:
                 stream = await self._open()
@@ -306,6 +357,7 @@ class Feed:
         log.error("change stream history lost (%s); restarting from now", exc)
         self.restarts += 1
         self.token = None
+        self._warmed("history lost")  # and start at now, not at the warm-up's start
         self._hub.resync("history_lost")
 
     async def _pump(self, stream: ChangeStream) -> None:
@@ -327,6 +379,8 @@ class Feed:
                 if token is not None and token != self.token:
                     self.token = token
                     hub.advance(str(token["_data"]))
+                if self._warm_until is not None:
+                    self._warmed("caught up")
                 pending = hub.quiet(self.polls)
                 if pending is not None:
                     await pending
@@ -348,7 +402,10 @@ class Feed:
             pending = hub.publish(ev)
             if pending is not None:
                 await pending
-            if wall is not None:
+            if self._warm_until is not None:
+                if ev.ct >= self._warm_until:
+                    self._warmed("reached the present")
+            elif wall is not None:
                 self.publish_latency.observe(time.time() - self.last_event_wall)
 
     def _stream_event(self, op: str, collection: str, raw: Mapping[str, Any]) -> None:

@@ -16,6 +16,11 @@
 // (`since`), and when the server cannot resume (`resync`) reloads a snapshot.
 // See the JSDoc of `RealtimeClient#subscribe` for the events a subscriber gets.
 //
+// Writes: `client.insert`, `replace`, `patch` and `delete` call the same server's
+// REST API. Each logical write carries one `Idempotency-Key`; a 503 or a network
+// error (a reply lost after the server applied the write) is retried with that
+// key after a backoff, and the server applies the write once.
+//
 // With authentication on, pass `token`: a string, or a function (sync or async)
 // that returns the current token and is called on every (re)connect, so an
 // expired JWT is replaced by a fresh one (see `ConnectOptions`).
@@ -35,6 +40,12 @@ export const PROTOCOL = 1;
 const FATAL_CLOSE_CODES = new Set([1008, 4401, 4403]);
 /** The close code of missing, invalid or expired credentials. */
 const UNAUTHENTICATED = 4401;
+/** Attempts of one write, all with its one `Idempotency-Key`. */
+export const WRITE_ATTEMPTS = 4;
+/** Largest backoff ceiling between the attempts of a write, in milliseconds. */
+export const WRITE_BACKOFF_MAX_MS = 4000;
+/** How long one attempt of a write may take, in milliseconds. */
+const WRITE_TIMEOUT_MS = 10000;
 
 /**
  * The delay before reconnect attempt `attempt` (0-based): exponential backoff
@@ -64,6 +75,70 @@ export function wsUrl(url) {
   else if (u.protocol === "https:") u.protocol = "wss:";
   if (u.pathname === "/" || u.pathname === "") u.pathname = "/ws";
   return u.toString();
+}
+
+/**
+ * The base URL of a realtime server's REST API: `http(s)://host[/path]` from a
+ * `ws(s)://host[/path]/ws` URL, a relative path (resolved against the page) or an
+ * `http(s)://` URL; no trailing `/`.
+ *
+ * @param {string} [url] default: the page's own origin
+ * @returns {string}
+ */
+export function httpUrl(url) {
+  const base = typeof location !== "undefined" ? location.href : "http://127.0.0.1:8000/";
+  const u = new URL(url ?? "/", base);
+  if (u.protocol === "ws:") u.protocol = "http:";
+  else if (u.protocol === "wss:") u.protocol = "https:";
+  u.pathname = u.pathname.replace(/\/ws\/?$/, "");
+  u.search = "";
+  u.hash = "";
+  return u.toString().replace(/\/+$/, "");
+}
+
+/**
+ * A write the server refused (`status` its HTTP status, `problem` its
+ * problem+json body), or that got no answer in any attempt (`status` 0).
+ */
+export class RealtimeWriteError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} detail
+   * @param {object | null} [problem]
+   */
+  constructor(status, detail, problem = null) {
+    super(status ? `${status} ${detail}` : detail);
+    this.name = "RealtimeWriteError";
+    this.status = status;
+    this.detail = detail;
+    this.problem = problem;
+  }
+}
+
+// A random UUID (v4) for an Idempotency-Key; `crypto.randomUUID` needs a secure
+// context, `getRandomValues` does not.
+function newKey() {
+  const c = globalThis.crypto;
+  if (typeof c.randomUUID === "function") return c.randomUUID();
+  const b = c.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+// The RealtimeWriteError of a response with a status of 400 or more.
+async function writeError(response) {
+  let problem = null;
+  try { problem = await response.json(); } catch { /* no JSON body */ }
+  const detail = (problem && (problem.detail || problem.title)) || response.statusText ||
+    "refused";
+  return new RealtimeWriteError(response.status, String(detail), problem);
+}
+
+function documentsPath(collection, id) {
+  const path = `/api/collections/${encodeURIComponent(collection)}/documents`;
+  return id === undefined ? path : `${path}/${encodeURIComponent(id)}`;
 }
 
 /**
@@ -150,6 +225,10 @@ export function keyOf(key) {
  *   stays `closed` (detail `{code: 4401, reason}`). A string token, and the close
  *   codes 1008 (policy/origin) and 4403 (forbidden), always end in `closed`.
  * @property {(attempt: number) => number} [delay] reconnect delay in ms (default {@link backoffDelay})
+ * @property {(attempt: number) => number} [writeDelay] delay in ms before retrying a write
+ *   (default {@link backoffDelay} up to {@link WRITE_BACKOFF_MAX_MS})
+ * @property {string} [httpUrl] the REST API's base URL (default: from `url`, {@link httpUrl})
+ * @property {typeof fetch} [fetch] the fetch function for writes (default the global one)
  * @property {boolean} [autoConnect] connect at once (default true)
  * @property {typeof WebSocket} [WebSocket] the WebSocket constructor (default the global
  *   one; required where there is none, e.g. `WebSocket` of the `ws` package on Node.js < 22)
@@ -184,6 +263,11 @@ export class RealtimeClient {
   constructor(url, options = {}) {
     /** The WebSocket URL. */
     this.url = wsUrl(url);
+    /** The REST API's base URL (writes). */
+    this.httpUrl = httpUrl(options.httpUrl ?? url);
+    this._writeDelay = options.writeDelay ??
+      ((attempt) => Math.min(WRITE_BACKOFF_MAX_MS, backoffDelay(attempt)));
+    this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     /** @type {TokenOption | null} the credentials option (may be replaced before a reconnect) */
     this.token = options.token ?? null;
     this._delay = options.delay ?? ((attempt) => backoffDelay(attempt));
@@ -331,6 +415,93 @@ export class RealtimeClient {
       try { ws.close(1000, "client closed"); } catch { /* already closed */ }
     }
     this._setState("closed", { code: 1000, reason: "client closed" });
+  }
+
+  /**
+   * Insert a document (its `_id`, if any, is kept).
+   *
+   * @param {string} collection
+   * @param {object} document
+   * @returns {Promise<object>} the stored document, with `_id` and `_version`
+   * @throws {RealtimeWriteError} refused (409 `_id` exists, 422 invalid, ...) or no answer
+   */
+  insert(collection, document) {
+    return this._request("POST", documentsPath(collection), document);
+  }
+
+  /**
+   * Replace (or create) document `id`.
+   *
+   * @param {string} collection
+   * @param {string} id
+   * @param {object} document
+   * @param {{ifVersion?: number}} [options] only if its `_version` is this (412 otherwise)
+   * @returns {Promise<object>} the stored document
+   * @throws {RealtimeWriteError}
+   */
+  replace(collection, id, document, options = {}) {
+    return this._request("PUT", documentsPath(collection, id), document, options.ifVersion);
+  }
+
+  /**
+   * Merge `patch` into document `id` (JSON merge patch: `null` removes a field).
+   *
+   * @param {string} collection
+   * @param {string} id
+   * @param {object} patch
+   * @param {{ifVersion?: number}} [options]
+   * @returns {Promise<object>} the stored document
+   * @throws {RealtimeWriteError} 404 when there is no such document, 412, ...
+   */
+  patch(collection, id, patch, options = {}) {
+    return this._request("PATCH", documentsPath(collection, id), patch, options.ifVersion,
+      "application/merge-patch+json");
+  }
+
+  /**
+   * Delete document `id`.
+   *
+   * @param {string} collection
+   * @param {string} id
+   * @param {{ifVersion?: number}} [options]
+   * @returns {Promise<void>}
+   * @throws {RealtimeWriteError} 404 when there is no such document, 412, ...
+   */
+  async delete(collection, id, options = {}) {
+    await this._request("DELETE", documentsPath(collection, id), undefined, options.ifVersion);
+  }
+
+  // One logical write: one Idempotency-Key, retried on a 503 or a network error.
+  async _request(method, path, body, ifVersion, contentType = "application/json") {
+    const headers = { "Idempotency-Key": newKey() };
+    const token = typeof this.token === "function" ? await this.token() : this.token;
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (ifVersion !== undefined && ifVersion !== null) headers["If-Match"] = `"${ifVersion}"`;
+    let content;
+    if (body !== undefined) {
+      content = JSON.stringify(body);
+      headers["Content-Type"] = contentType;
+    }
+    for (let attempt = 0; ; attempt += 1) {
+      let failure;
+      let response = null;
+      try {
+        response = await this._fetch(this.httpUrl + path, {
+          method, headers, body: content, signal: AbortSignal.timeout(WRITE_TIMEOUT_MS),
+        });
+      } catch (err) {
+        failure = new RealtimeWriteError(0, `no answer from ${this.httpUrl} (${err?.message ?? err})`);
+      }
+      if (response !== null) {
+        if (response.status !== 503) {
+          if (response.status >= 400) throw await writeError(response);
+          return response.status === 204 ? undefined : response.json();
+        }
+        failure = await writeError(response);
+      }
+      if (attempt >= WRITE_ATTEMPTS - 1) throw failure;
+      await new Promise((resolve) => setTimeout(resolve, this._writeDelay(attempt)));
+    }
   }
 
   // Resolve the token (unless `token` is given), then open a socket with it.

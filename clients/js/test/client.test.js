@@ -375,3 +375,142 @@ test("Node.js's own WebSocket (22+), without the option",
     assert.deepEqual(snapshot.documents, []);
     client.close();
   });
+
+// -- writes: one Idempotency-Key per logical write, retried -------------------------
+const NO_WAIT = () => 0;
+
+/** An HTTP server answering `replies` ([status, body]) in turn; records method and key. */
+async function flakyServer(replies) {
+  const { createServer: createHttpServer } = await import("node:http");
+  const seen = [];
+  const server = createHttpServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      seen.push([req.method, req.headers["idempotency-key"] ?? ""]);
+      const [status, body] = replies[Math.min(seen.length, replies.length) - 1];
+      res.writeHead(status, { "content-type": status >= 400 ? "application/problem+json"
+        : "application/json" });
+      res.end(body);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return { url, seen, close: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/** A TCP proxy to `base` that loses the next `drop` replies (resetting the connection). */
+async function replyDropper(base) {
+  const target = new URL(base);
+  const { connect: tcpConnect } = await import("node:net");
+  const proxy = { drop: 0, dropped: 0 };
+  const sockets = new Set();
+  const server = createServer((client) => {
+    const upstream = tcpConnect(Number(target.port), target.hostname);
+    sockets.add(client).add(upstream);
+    client.on("data", (data) => upstream.write(data));
+    upstream.on("data", (data) => {
+      if (proxy.drop > 0) {
+        proxy.drop -= 1;
+        proxy.dropped += 1;
+        client.resetAndDestroy();
+        upstream.destroy();
+        return;
+      }
+      client.write(data);
+    });
+    for (const [a, b] of [[client, upstream], [upstream, client]]) {
+      a.on("close", () => b.destroy());
+      a.on("error", () => b.destroy());
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  proxy.url = `http://127.0.0.1:${server.address().port}`;
+  proxy.close = () => {
+    for (const s of sockets) s.destroy();
+    return new Promise((resolve) => server.close(resolve));
+  };
+  return proxy;
+}
+
+test("writes: insert, replace, patch and delete reach the subscribers once each",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_writes");
+    const client = open(BASE);
+    const inbox = new Inbox();
+    client.subscribe(coll, {}, inbox.push);
+    await inbox.until((ev) => ev.type === "subscribed", "subscribed");
+    assert.deepEqual(await client.insert(coll, { _id: "w1", n: 1 }),
+      { _id: "w1", n: 1, _version: 1 });
+    assert.deepEqual(await client.replace(coll, "w1", { n: 2 }, { ifVersion: 1 }),
+      { _id: "w1", n: 2, _version: 2 });
+    assert.deepEqual(await client.patch(coll, "w1", { m: 3, n: null }, { ifVersion: 2 }),
+      { _id: "w1", m: 3, _version: 3 });
+    assert.equal(await client.delete(coll, "w1", { ifVersion: 3 }), undefined);
+    await client.insert(coll, { _id: "marker" });
+    const events = await inbox.until(isChange("marker"), "the marker");
+    assert.deepEqual(summary(events),
+      ["insert w1", "replace w1", "update w1", "delete w1", "insert marker"]);
+
+    const refusal = await client.insert(coll, { _id: "marker" }).catch((err) => err);
+    assert.ok(refusal instanceof realtime.RealtimeWriteError);
+    assert.equal(refusal.status, 409);
+    assert.equal(refusal.problem.status, 409);
+    const stale = await client.replace(coll, "marker", {}, { ifVersion: 9 }).catch((e) => e);
+    assert.equal(stale.status, 412);
+  });
+
+test("a write whose reply is lost is retried with its key and applied once",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_lost");
+    const proxy = await replyDropper(BASE);
+    try {
+      const watcher = open(BASE);
+      const inbox = new Inbox();
+      watcher.subscribe(coll, {}, inbox.push);
+      await inbox.until((ev) => ev.type === "subscribed", "subscribed");
+      const writer = new RealtimeClient(proxy.url, { WebSocket, writeDelay: NO_WAIT });
+      proxy.drop = 1;
+      assert.deepEqual(await writer.insert(coll, { _id: "x", n: 1 }),
+        { _id: "x", n: 1, _version: 1 }); // not a 409 for its own write
+      proxy.drop = 1;
+      assert.deepEqual(await writer.patch(coll, "x", { n: 2 }, { ifVersion: 1 }),
+        { _id: "x", n: 2, _version: 2 }); // not a 412
+      assert.equal(proxy.dropped, 2);
+      await watcher.insert(coll, { _id: "marker" });
+      const events = await inbox.until(isChange("marker"), "the marker");
+      assert.deepEqual(summary(events), ["insert x", "update x", "insert marker"]);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+test("a 503 is retried with one Idempotency-Key, then given up", async () => {
+  const unavailable = [503, '{"title":"Service Unavailable","status":503,"detail":"database down"}'];
+  const flaky = await flakyServer([unavailable, unavailable, [201, '{"_id":"a","_version":1}']]);
+  try {
+    const client = new RealtimeClient(flaky.url, { WebSocket, writeDelay: NO_WAIT });
+    assert.deepEqual(await client.insert("c", { n: 1 }), { _id: "a", _version: 1 });
+    assert.deepEqual(flaky.seen.map(([method]) => method), ["POST", "POST", "POST"]);
+    assert.equal(new Set(flaky.seen.map(([, key]) => key)).size, 1);
+    assert.match(flaky.seen[0][1], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  } finally {
+    await flaky.close();
+  }
+  const down = await flakyServer([unavailable]);
+  try {
+    const client = new RealtimeClient(down.url, { WebSocket, writeDelay: NO_WAIT });
+    const err = await client.delete("c", "a").catch((e) => e);
+    assert.ok(err instanceof realtime.RealtimeWriteError);
+    assert.equal(err.status, 503);
+    assert.equal(err.detail, "database down");
+    assert.equal(down.seen.length, realtime.WRITE_ATTEMPTS);
+  } finally {
+    await down.close();
+  }
+});
+
+test("httpUrl is the REST base of a WebSocket or HTTP URL", () => {
+  assert.equal(realtime.httpUrl("ws://h:8000/ws"), "http://h:8000");
+  assert.equal(realtime.httpUrl("wss://h/rt/ws"), "https://h/rt");
+  assert.equal(realtime.httpUrl("http://h:8000/"), "http://h:8000");
+});
