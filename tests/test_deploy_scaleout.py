@@ -96,12 +96,6 @@ def test_compose_with_the_scale_out_validates(tmp_path: Path) -> None:
     assert {"nats1-data", "nats2-data", "nats3-data"} <= set(rendered["volumes"])
 
 
-def test_nginx_routes_a_tenant_to_one_edge() -> None:
-    text = (DEPLOY / "nginx.conf").read_text()
-    assert "hash $realtime_route consistent;" in text
-    assert "map $arg_tenant $realtime_route" in text
-
-
 def overlay_docs() -> list[dict[str, Any]]:
     docs = []
     for name in ("nats.yaml", "relay.yaml"):
