@@ -89,8 +89,12 @@ def parser() -> argparse.ArgumentParser:
                    help="subscriber counts to run instead of the scenario's, e.g. 500,1000")
     p.add_argument("--driver", choices=("motor", "pymongo"),
                    help="REALTIME_DRIVER of the realtime servers [the default driver]")
+    p.add_argument("--part", choices=("peer", "rest"),
+                   help="latency: only the comparison with the Node.js peer, or only "
+                        "the REST grid [both]")
     p.add_argument("--rounds", type=_count, metavar="N",
-                   help="rounds of the drivers scenario [3; 1 with --quick]")
+                   help="rounds of the drivers scenario and of the latency scenario's "
+                        "comparison with the Node.js peer [3; 1 with --quick]")
     return p
 
 
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `report` re-renders what is there: the committed results unless --out says otherwise.
     out = output_dir(args.quick and args.scenario != "report", args.out)
     opts = Options(quick=args.quick, out=out, profile=args.profile, clients=args.clients,
-                   sizes=args.sizes, rounds=args.rounds)
+                   sizes=args.sizes, rounds=args.rounds, part=args.part)
     if args.driver:
         opts.server_env["REALTIME_DRIVER"] = args.driver
     try:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCH_DIR",
+    "NODE_PEER",
     "PAD",
     "RESULTS",
     "SAMPLED_CONNECTIONS",
@@ -49,12 +50,14 @@ __all__ = [
     "Load",
     "LoadReport",
     "Options",
+    "PacedInserter",
     "RestWriter",
     "Runs",
     "Stack",
     "WriteLog",
     "default_driver",
     "insert_floor",
+    "install_node_peer",
     "latency_stats",
     "load_average",
     "ms",
@@ -66,6 +69,7 @@ __all__ = [
     "raise_fd_limit",
     "spread",
     "summarise_profile",
+    "wait_ready",
 ]
 
 #: This directory: the helpers run as subprocesses live here.
@@ -112,6 +116,8 @@ class Options:
     sizes: tuple[int, ...] | None = None
     #: Rounds of the drivers scenario (None: 1 quick, 3 full).
     rounds: int | None = None
+    #: The part of the latency scenario to run: "peer", "rest" (None: both).
+    part: str | None = None
     #: Environment for every realtime server (e.g. ``{"REALTIME_DRIVER": "pymongo"}``).
     server_env: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
@@ -407,6 +413,21 @@ async def _http_get(port: int, path: str) -> int:
             await writer.wait_closed()
 
 
+async def wait_ready(child: Child, timeout: float = 60.0) -> None:
+    """Wait until the realtime server ``child`` answers ``/readyz`` with 200.
+
+    Raises:
+        BenchError: it exited, or was not ready within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while await _http_get(child.port, "/readyz") != 200:
+        if child.proc is not None and child.proc.returncode is not None:
+            raise BenchError(f"{child.name} exited ({child.proc.returncode}): {child.tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} was not ready in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 class Stack:
     """Children and servers started by a scenario, stopped in reverse order."""
 
@@ -451,13 +472,7 @@ class Stack:
                       stop_timeout=10.0, port=port)
         await child.start()
         self.on_stop(child.stop)
-        deadline = time.monotonic() + 60
-        while await _http_get(port, "/readyz") != 200:
-            if child.proc is not None and child.proc.returncode is not None:
-                raise BenchError(f"realtime exited ({child.proc.returncode}): {child.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError("realtime was not ready in 60 s")
-            await asyncio.sleep(0.05)
+        await wait_ready(child)
         return child
 
     async def naive(self, uri: str, database: str) -> Child:
@@ -471,6 +486,28 @@ class Stack:
         await child.start()
         self.on_stop(child.stop)
         await _wait_port(child, 60)
+        return child
+
+    async def node_peer(self, uri: str, database: str) -> Child:
+        """Start the Node.js peer (``bench/peers/node/server.js``), installed with ``npm ci``.
+
+        Raises:
+            BenchError: node or npm is missing, ``npm ci`` failed, or the peer did not start.
+        """
+        from realtime.embedded import free_port
+
+        node = shutil.which("node")
+        if node is None:
+            raise BenchError("the Node.js peer needs node (and npm) on PATH")
+        await install_node_peer()
+        port = free_port()
+        child = Child(f"node-{port}", [node, str(NODE_PEER / "server.js"), str(port), uri,
+                                       database], log_dir=self.dir, port=port)
+        await child.start()
+        self.on_stop(child.stop)
+        answer = await child.recv(60)
+        if answer.get("event") != "listening":
+            raise BenchError(f"the Node.js peer said {answer}")
         return child
 
     async def broadcast(self) -> Child:
@@ -489,6 +526,33 @@ class Stack:
         return child
 
 
+#: The Node.js peer of the latency scenario (package.json, its lock file, server.js).
+NODE_PEER = BENCH_DIR / "peers" / "node"
+
+
+async def install_node_peer() -> None:
+    """``npm ci`` the Node.js peer's dependencies unless the lock file's are installed.
+
+    Raises:
+        BenchError: npm is missing or ``npm ci`` failed.
+    """
+    lock = NODE_PEER / "package-lock.json"
+    stamp = NODE_PEER / "node_modules" / ".installed"
+    if stamp.exists() and stamp.read_bytes() == lock.read_bytes():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BenchError("the Node.js peer needs npm on PATH (to run npm ci)")
+    proc = await asyncio.create_subprocess_exec(
+        npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error",
+        cwd=NODE_PEER, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise BenchError("npm ci of the Node.js peer failed: "
+                         + out.decode(errors="replace")[-500:])
+    stamp.write_bytes(lock.read_bytes())
+
+
 # ---------------------------------------------------------------------------
 # The load client (bench/loadclient.py, one or more processes)
 
@@ -498,6 +562,8 @@ class LoadReport:
     """What the load processes saw since their last reset."""
 
     total: int
+    #: Bytes of the change (or aggregate) frames' payloads.
+    bytes: int
     #: Socket reads that carried change frames (frames per read shows batching).
     reads: int
     counts: list[int]
@@ -652,6 +718,7 @@ class Load:
         firsts = [int(a["first_ns"]) for a in answers if a["first_ns"]]
         return LoadReport(
             total=sum(int(a["total"]) for a in answers),
+            bytes=sum(int(a.get("bytes", 0)) for a in answers),
             reads=sum(int(a.get("reads", 0)) for a in answers),
             counts=counts,
             first_ns=min(firsts) if firsts else 0,
@@ -882,6 +949,63 @@ class DbWriter:
             for i in range(done, done + n):
                 log.acked[first_seq + i] = acked
             done += n
+        log.finished_ns = time.monotonic_ns()
+        return log
+
+
+class PacedInserter:
+    """``insert_one`` straight into the database, each write at its scheduled time.
+
+    The writer of the latency scenario's direct mode: every server under test
+    gets the same inserts at the same pace, so only the fan-out differs. Open
+    loop like :class:`RestWriter` (up to ``concurrency`` inserts in flight).
+    """
+
+    def __init__(self, uri: str, database: str, collection: str,
+                 concurrency: int = 8) -> None:
+        from realtime.config import Settings
+        from realtime.db import Database
+
+        self.db = Database(Settings(mongodb_uri=uri, database=database), uri)
+        self.collection = self.db.collection(collection)
+        self.concurrency = concurrency
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self.db.close()
+
+    async def run(self, count: int, rate: float, first_seq: int = 0) -> WriteLog:
+        """Insert ``count`` documents at ``rate`` per second; return the log."""
+        log = WriteLog()
+        free = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        log.started_ns = time.monotonic_ns()
+
+        async def one(seq: int) -> None:
+            t = time.monotonic_ns()
+            log.sent[seq] = t
+            try:
+                await self.collection.insert_one(document(seq, t))
+            except Exception:
+                log.failures += 1
+                return
+            finally:
+                free.release()
+            log.acked[seq] = time.monotonic_ns()
+
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                log.max_late_ms = max(log.max_late_ms, -delay * 1000)
+            await free.acquire()
+            task = asyncio.get_running_loop().create_task(one(first_seq + i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
         log.finished_ns = time.monotonic_ns()
         return log
 

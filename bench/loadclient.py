@@ -14,7 +14,9 @@ for large runs), never by hand; it talks to the runner with JSON lines on stdin/
   change frames arrived, or ``timeout`` seconds), ``report`` (counts, latency
   samples, CPU seconds, a 100 ms timeline of the frames received) and ``close``.
 
-A frame counts as a delivery when its payload starts with ``{"type":"change"``.
+A frame counts as a delivery when its payload starts with ``{"type":"change"``
+or ``{"type":"aggregate"`` (a live aggregate's sampled frames give one latency
+sample per group: its ``max`` of ``seq`` and ``t``, the latest write in it).
 Only the sampled connections' frames are decoded (orjson), at report time, so
 the per-frame cost is a prefix check and a counter: the client stays far from
 saturation where the servers under test saturate. Its CPU use is reported so
@@ -34,6 +36,7 @@ import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 CHANGE = b'{"type":"change"'
+AGGREGATE = b'{"type":"aggregate"'
 SUBSCRIBED = b'{"type":"subscribed"'
 TIMELINE_STEP = 0.1
 
@@ -43,6 +46,8 @@ class Stats:
 
     def __init__(self) -> None:
         self.total = 0
+        #: Bytes of the counted frames' payloads.
+        self.bytes = 0
         self.reads = 0
         self.first_ns = 0
         self.last_ns = 0
@@ -79,10 +84,11 @@ class Listener(WSListener):
                 self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
             return
         payload = frame.get_payload_as_bytes()
-        if payload.startswith(CHANGE):
+        if payload.startswith(CHANGE) or payload.startswith(AGGREGATE):
             stats = self.stats
             self.count += 1
             stats.total += 1
+            stats.bytes += len(payload)
             now = time.monotonic_ns()
             stats.last_ns = now
             if frame.last_in_buffer:
@@ -163,7 +169,7 @@ class LoadClient:
     def reset(self) -> dict[str, Any]:
         """Zero every counter and restart the CPU clock."""
         stats = self.stats
-        stats.total = stats.reads = stats.first_ns = stats.last_ns = 0
+        stats.total = stats.bytes = stats.reads = stats.first_ns = stats.last_ns = 0
         stats.samples = []
         stats.other = {}
         for listener in self.listeners:
@@ -187,12 +193,21 @@ class LoadClient:
         parsed: list[tuple[int, int, int]] = []
         if samples:
             for recv_ns, payload in stats.samples:
-                doc = orjson.loads(payload).get("document") or {}
+                message = orjson.loads(payload)
+                if message.get("type") == "aggregate":
+                    # A group's max of seq and t: the latest write that changed it.
+                    for group in message.get("groups") or ():
+                        top = group.get("max") or {}
+                        parsed.append((int(top.get("seq", -1)), int(top.get("t", 0)),
+                                       recv_ns))
+                    continue
+                doc = message.get("document") or {}
                 parsed.append((int(doc.get("seq", -1)), int(doc.get("t", 0)), recv_ns))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "event": "report",
             "total": stats.total,
+            "bytes": stats.bytes,
             "reads": stats.reads,
             "counts": ([0 if listener is None else listener.count for listener in self.slots]
                        if counts else []),

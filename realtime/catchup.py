@@ -43,23 +43,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from realtime import protocol, query
+from realtime.aggregate import AggregateSpec, pipeline
 from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import ChangeStream, Database, is_transient, token_order, token_time
-from realtime.errors import HistoryLost, RealtimeError
+from realtime.errors import BadRequest, HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, cluster_time, normalise
 from realtime.hub import Hub
 from realtime.subscription import Cluster, Phase, Subscription
 
-__all__ = ["HORIZON_WINDOW_SECONDS", "RING_CHUNK", "DatabaseHistory", "OplogHorizon",
-           "collection_pipeline"]
+__all__ = [
+    "HORIZON_WINDOW_SECONDS",
+    "MAX_SCAN_FACTOR",
+    "RING_CHUNK",
+    "ChangePage",
+    "DatabaseHistory",
+    "OplogHorizon",
+    "collection_pipeline",
+    "time_position",
+]
 
 log = logging.getLogger("realtime.catchup")
 
@@ -74,7 +85,42 @@ PACE_STEP_SECONDS: Final = 0.005
 #: Events a ring catch-up examines for one subscription per turn of the loop.
 RING_CHUNK: Final = 256
 
+#: A page of changes reads at most this many times its ``limit`` events (the others
+#: did not match its filter) before it ends, so a selective filter over a long
+#: history answers in bounded time; ``next`` then continues from where it stopped.
+MAX_SCAN_FACTOR: Final = 10
+
 Position = tuple[int, int, int, str]
+#: Which reader a catch-up belongs to: its collection, and whether it replays by time.
+ReaderKey = tuple[str, bool]
+
+
+def time_position(when: dt.datetime) -> tuple[Position, int]:
+    """Where a replay from ``when`` starts: a position just before its second, and
+    ``when`` in milliseconds since the epoch (events before it in that second are
+    skipped by their wall time).
+
+    Cluster times count whole seconds: the replay starts at the first event of
+    ``when``'s second.
+    """
+    ms = math.floor(when.timestamp() * 1000)
+    return (ms // 1000, 0, -1, ""), ms
+
+
+def _event_position(raw: Mapping[str, Any], by_time: bool) -> Position:
+    if by_time:
+        seconds, inc = cluster_time(raw)
+        return (seconds, inc, 0, "")
+    return token_order(str(raw["_id"]["_data"]))
+
+
+def _wall_ms(raw: Mapping[str, Any]) -> int | None:
+    wall = raw.get("wallTime")
+    if isinstance(wall, dt.datetime):
+        if wall.tzinfo is None:
+            wall = wall.replace(tzinfo=dt.UTC)
+        return math.floor(wall.timestamp() * 1000)
+    return None
 
 
 def collection_pipeline(collection: str) -> list[dict[str, Any]]:
@@ -140,6 +186,9 @@ class _Member:
     after: Position
     #: True once the reader passed ``since``: events go to it from then on.
     active: bool = False
+    #: A replay from a time: the events before this wall time (ms since the
+    #: epoch) within ``after``'s second are skipped too.
+    wall: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -159,15 +208,31 @@ def _congested(sub: Subscription) -> bool:
 
 @dataclass(slots=True, eq=False)
 class _Reader:
-    """One collection's catch-up stream and the subscriptions it replays to."""
+    """One collection's catch-up stream and the subscriptions it replays to.
+
+    A reader either resumes after event ids (``by_time`` False: positions are
+    :func:`realtime.db.token_order` keys) or replays from points in time
+    (``by_time`` True: positions are cluster times, which every database's
+    events carry, whatever its token format).
+    """
 
     collection: str
+    by_time: bool = False
     members: list[_Member] = field(default_factory=list)
     #: The last position read (None: not started yet, every waiting one may join).
     read: Position | None = None
     #: Where a retry resumes; the cluster time of the last event read.
     token: str = ""
     ct: Cluster | None = None
+
+
+@dataclass(slots=True)
+class ChangePage:
+    """A page of past changes: each a ``change`` message's JSON without ``type`` and
+    ``sub``, and the event id the next page continues after."""
+
+    changes: list[str]
+    next: str | None
 
 
 class DatabaseHistory:
@@ -183,10 +248,10 @@ class DatabaseHistory:
         self._polls = polls
         self._slots = asyncio.Semaphore(settings.catchup_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Per collection: subscriptions waiting for the next reader.
-        self._waiting: dict[str, list[_Member]] = {}
-        #: Per collection: the reader running (or waiting for a slot).
-        self._readers: dict[str, _Reader] = {}
+        #: Per collection (and kind): subscriptions waiting for the next reader.
+        self._waiting: dict[ReaderKey, list[_Member]] = {}
+        #: Per collection (and kind): the reader running (or waiting for a slot).
+        self._readers: dict[ReaderKey, _Reader] = {}
         #: Subscriptions replayed from the ring, and the task that walks them.
         self._cursors: list[_Cursor] = []
         self._walker: asyncio.Task[None] | None = None
@@ -207,6 +272,94 @@ class DatabaseHistory:
         return await self._db.collection(collection).snapshot(
             query.to_mongo(dict(filter)), sort=[("_id", 1)], limit=limit)
 
+    async def page(self, viewer: Subscription, *, since: str | None = None,
+                   when: dt.datetime | None = None, limit: int = 100) -> ChangePage:
+        """Up to ``limit`` changes on ``viewer``'s collection after ``since`` (an event
+        id) or committed at or after ``when``, as ``viewer`` would receive them live
+        (its filter, its tenant, its projection): the REST changes feed.
+
+        ``next`` is the id of the last event read (or, when none was, the stream's
+        position, or ``since``): the next page starts after it. It is None when
+        nothing was read from a ``when`` the stream has not reached yet (in the
+        future): ask again with ``when``. A page reads at
+        most :data:`MAX_SCAN_FACTOR` times ``limit`` events.
+
+        Raises:
+            HistoryLost: the oplog no longer holds ``since`` or reaches back to ``when``.
+            BadRequest: the database refuses ``since`` as a resume token.
+            DatabaseUnavailable: the database cannot be reached.
+            ValueError: neither or both of ``since`` and ``when`` given.
+        """
+        if (since is None) == (when is None):
+            raise ValueError("give exactly one of since and when")
+        pipeline = collection_pipeline(viewer.collection)
+        wall: int | None = None
+        if when is not None:
+            after, wall = time_position(when)
+            member = _Member(viewer, "", after, wall=wall)
+            if await self._lost(member):
+                raise HistoryLost("the oplog no longer reaches back to since_time")
+            stream = await self._db.watch(pipeline, start_at_operation_time=after[:2],
+                                          max_await_time_ms=100)
+        else:
+            assert since is not None  # noqa: S101 - checked above
+            if await self.horizon.lost(since):
+                raise HistoryLost("the oplog no longer holds the event 'since' names")
+            try:
+                stream = await self._db.watch(pipeline, resume_after={"_data": since},
+                                              max_await_time_ms=100)
+            except RealtimeError as exc:
+                if isinstance(exc, HistoryLost) or is_transient(exc):
+                    raise
+                raise BadRequest("'since' is not an event id of this database") from None
+        changes: list[str] = []
+        next_id = since
+        try:
+            for _ in range(limit * MAX_SCAN_FACTOR):
+                raw = await stream.try_next()
+                if raw is None:
+                    position = stream.resume_token
+                    if position is not None and next_id == since:
+                        token = str(position["_data"])
+                        at = token_time(token)
+                        if when is None or (at is not None and at >= after[:2]):
+                            next_id = token  # (not before a since_time in the future)
+                    break
+                next_id = str(raw["_id"]["_data"])
+                if wall is not None:
+                    wall_at = _wall_ms(raw)
+                    if wall_at is not None and wall_at < wall:
+                        continue
+                    wall = None  # the wall clock is checked until the start is passed
+                ev = normalise(raw)
+                if ev is None:
+                    continue
+                if ev.op in STREAM_OPS:
+                    changes.append(protocol.encode_stream_change(
+                        op=ev.op, id=ev.id, collection=ev.collection, ts=ev.ts))
+                    break  # the collection's history ends (or restarts) here
+                op = viewer.decide(ev)
+                body = None if op is None else viewer.body(op, ev)
+                if body is None:
+                    continue
+                changes.append('{"op":"' + str(op) + '",' + body)
+                if len(changes) >= limit:
+                    break
+        finally:
+            await stream.close()
+        return ChangePage(changes, next_id)
+
+    async def aggregate(self, collection: str, filter: Mapping[str, Any], spec: AggregateSpec,
+                        max_groups: int) -> tuple[list[dict[str, Any]], Cluster | None]:
+        """The rows of ``spec``'s ``$group`` over the documents matching ``filter``
+        (at most ``max_groups + 1``), and the cluster time they reflect exactly.
+
+        Raises:
+            RealtimeError: the read failed.
+        """
+        return await self._db.collection(collection).aggregate_at(
+            pipeline(spec, query.to_mongo(dict(filter)), max_groups))
+
     def next_poll(self) -> int:
         """The number of the feed's first read to begin from now on."""
         return self._polls() + 1
@@ -218,7 +371,6 @@ class DatabaseHistory:
             self.ring_catchups += 1
             self._from_ring(subscription, seq, since)
         else:
-            self.catchups += 1
             self._from_oplog(subscription, since)
 
     def _from_ring(self, subscription: Subscription, seq: int, last: str) -> None:
@@ -269,17 +421,26 @@ class DatabaseHistory:
             self._walker = None
 
     def _from_oplog(self, subscription: Subscription, since: str) -> None:
-        member = _Member(subscription, since, token_order(since))
-        collection = subscription.collection
-        reader = self._readers.get(collection)
+        self._enlist(_Member(subscription, since, token_order(since)), by_time=False)
+    def replay_from(self, subscription: Subscription, when: dt.datetime) -> None:
+        """Replay to ``subscription`` (CATCHING_UP) every change committed at or after
+        ``when`` (an aware datetime), then live; ``resync`` (``history_lost``) if the
+        oplog no longer reaches back to it."""
+        after, wall = time_position(when)
+        self._enlist(_Member(subscription, "", after, wall=wall), by_time=True)
+
+    def _enlist(self, member: _Member, *, by_time: bool) -> None:
+        self.catchups += 1
+        key = (member.sub.collection, by_time)
+        reader = self._readers.get(key)
         if reader is not None and reader.read is not None and member.after >= reader.read:
-            reader.members.append(member)  # nothing after its since was read yet
+            reader.members.append(member)  # nothing after its start was read yet
             return
-        self._waiting.setdefault(collection, []).append(member)
+        self._waiting.setdefault(key, []).append(member)
         if reader is None:
-            self._readers[collection] = _Reader(collection)
-            task = asyncio.get_running_loop().create_task(
-                self._run(collection), name=f"realtime-catchup-{collection}")
+            self._readers[key] = _Reader(*key)
+            name = f"realtime-catchup-{key[0]}{'-by-time' if by_time else ''}"
+            task = asyncio.get_running_loop().create_task(self._run(key), name=name)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -297,30 +458,53 @@ class DatabaseHistory:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self, collection: str) -> None:
-        """Read for ``collection`` until nobody waits: one reader after another."""
+    async def _run(self, key: ReaderKey) -> None:
+        """Read for ``key``'s collection until nobody waits: one reader after another."""
         try:
-            while self._waiting.get(collection):
+            while self._waiting.get(key):
                 async with self._slots:
-                    reader = self._readers[collection] = _Reader(collection)
+                    reader = self._readers[key] = _Reader(*key)
                     await self._read_for(reader)
                     # Joined while the reader was closing: the next reader takes them.
                     if self._prune(reader):
                         for member in reader.members:
                             member.active = False
-                        self._waiting.setdefault(collection, []).extend(reader.members)
+                        self._waiting.setdefault(key, []).extend(reader.members)
         finally:
-            self._readers.pop(collection, None)
-            self._waiting.pop(collection, None)
+            self._readers.pop(key, None)
+            self._waiting.pop(key, None)
+
+    async def _lost(self, member: _Member) -> bool:
+        """True if the oplog no longer reaches back to ``member``'s start."""
+        if member.wall is None:
+            return await self.horizon.lost(member.since)
+        # Entries before the oldest one were pruned: one of them could be at or after
+        # the start unless the oldest is the first of the start's second or earlier.
+        oldest = await self.horizon.oldest()
+        return oldest is not None and (member.after[0], 1) < oldest
+
+    async def _open(self, reader: _Reader) -> ChangeStream:
+        """The reader's stream: after its last event, else from its first member's start.
+
+        Raises:
+            RealtimeError: the database refused or cannot be reached.
+        """
+        pipeline = collection_pipeline(reader.collection)
+        if reader.by_time and reader.ct is None:
+            seconds, inc = reader.read[:2] if reader.read is not None else (0, 0)
+            return await self._db.watch(pipeline, start_at_operation_time=(seconds, inc),
+                                        max_await_time_ms=100)
+        return await self._db.watch(pipeline, resume_after={"_data": reader.token},
+                                    max_await_time_ms=100)
 
     async def _read_for(self, reader: _Reader) -> None:
-        horizon = self.horizon
+        key = (reader.collection, reader.by_time)
         # Whoever arrives while the history is checked comes along.
-        while members := self._waiting.pop(reader.collection, None):
+        while members := self._waiting.pop(key, None):
             for member in members:
                 if member.sub.phase is not Phase.CATCHING_UP:
                     continue
-                if await horizon.lost(member.since):
+                if await self._lost(member):
                     self._resync(member, protocol.ResyncReason.HISTORY_LOST, None)
                 else:
                     reader.members.append(member)
@@ -331,9 +515,7 @@ class DatabaseHistory:
                 reader.token, reader.read = first.since, first.after
             stream: ChangeStream | None = None
             try:
-                stream = await self._db.watch(collection_pipeline(reader.collection),
-                                              resume_after={"_data": reader.token},
-                                              max_await_time_ms=100)
+                stream = await self._open(reader)
                 self.readers += 1
                 await self._replay(reader, stream)
             except RealtimeError as exc:
@@ -342,7 +524,7 @@ class DatabaseHistory:
                         # Refused at its start: the oldest since (lost, or not a
                         # token at all) fails alone; the others go on without it.
                         for member in reader.members:
-                            if member.since == reader.token:
+                            if member.after == reader.read:
                                 self._resync(member, protocol.ResyncReason.HISTORY_LOST, None)
                         reader.read = None
                         continue
@@ -381,13 +563,18 @@ class DatabaseHistory:
             raw = await stream.try_next()
             if raw is None:
                 # Caught up with the present: what the hub holds back is newer,
-                # except events this reader already sent (same cluster time).
+                # except events this reader already sent (same cluster time), and
+                # for a replay from a time, events before that time.
                 for member in reader.members:
-                    member.sub.go_live(floor=reader.ct)
+                    floor = reader.ct
+                    if member.wall is not None and (floor is None
+                                                    or member.after[:2] > floor):
+                        floor = (member.after[0], member.after[1])
+                    member.sub.go_live(floor=floor)
                 reader.members.clear()
                 return
             token = str(raw["_id"]["_data"])
-            position = token_order(token)
+            position = _event_position(raw, reader.by_time)
             reader.token, reader.read, reader.ct = token, position, cluster_time(raw)
             ev = normalise(raw)
             if ev is None:
@@ -411,6 +598,10 @@ class DatabaseHistory:
                 if not member.active:
                     if position <= member.after:
                         continue  # the client has it already
+                    if member.wall is not None:
+                        wall = _wall_ms(raw)
+                        if wall is not None and wall < member.wall:
+                            continue  # in the start's second, but before it
                     member.active = True
                 sub.replay(ev)
                 if seq is not None and sub.phase is catching_up and hub.covers(sub, seq):

@@ -680,6 +680,17 @@ def tail(
     collection: Annotated[str, typer.Argument(help="Collection to watch.")],
     filter: Annotated[str | None, typer.Option("--filter", help="JSON filter.")] = None,
     since: Annotated[str | None, typer.Option(help="Resume after this event id.")] = None,
+    aggregate: Annotated[str | None, typer.Option(
+        "--aggregate", help='Follow a live aggregate instead of documents, e.g. '
+                            '\'{"group_by": "status", "count": true, "sum": ["total"]}\'.')
+    ] = None,
+    fields: Annotated[str | None, typer.Option(
+        "--fields", help="Only these comma-separated dotted paths of each document "
+                         "(e.g. status,customer.name); an update shows the changed ones.")
+    ] = None,
+    since_time: Annotated[str | None, typer.Option(
+        "--since-time", help="Replay the changes committed from this RFC 3339 time "
+                             "(e.g. 2026-01-01T09:00:00Z), then follow live.")] = None,
     snapshot: Annotated[bool, typer.Option(
         "--snapshot", help="Print the matching documents first.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -699,9 +710,39 @@ def tail(
     import asyncio
 
     filter_ = _parse_json(filter, "--filter") if filter is not None else None
+    paths: list[str] | None = None
+    if fields is not None:
+        from realtime.projection import check_fields
+
+        paths = [p.strip() for p in fields.split(",")]
+        try:
+            check_fields(paths)
+        except ValueError as exc:
+            _fail(f"--fields {exc}", 2)
+    spec: dict[str, Any] | None = None
+    if aggregate is not None:
+        from realtime.aggregate import parse_spec
+
+        spec = _parse_json(aggregate, "--aggregate")
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            _fail(f"--aggregate: {exc}", 2)
+        if since is not None or since_time is not None or snapshot or fields is not None:
+            _fail("--aggregate excludes --since, --since-time, --snapshot and --fields", 2)
+    if since_time is not None:
+        from realtime.protocol import parse_time
+
+        try:
+            parse_time(since_time)
+        except ValueError as exc:
+            _fail(f"--since-time is {exc}", 2)
+        if since is not None or snapshot:
+            _fail("--since-time excludes --since and --snapshot", 2)
     try:
         code = asyncio.run(_tail(collection, filter_, since, snapshot, json_out, max_delay,
-                                 url, token))
+                                 url, token, since_time=since_time, fields=paths,
+                                 aggregate=spec))
     except KeyboardInterrupt:
         code = 130
     if code:
@@ -710,7 +751,9 @@ def tail(
 
 async def _tail(collection: str, filter: dict[str, Any] | None, since: str | None,
                 snapshot: bool, json_out: bool, max_delay: float, url: str,
-                token: str | None) -> int:
+                token: str | None, *, since_time: str | None = None,
+                fields: list[str] | None = None,
+                aggregate: dict[str, Any] | None = None) -> int:
     """The body of ``tail``; returns the exit code (SIGTERM ends it with 0)."""
     import asyncio
 
@@ -718,6 +761,7 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
     from rich.markup import escape
 
     from realtime.client import (
+        Aggregate,
         Change,
         ClientError,
         ConnectError,
@@ -774,7 +818,8 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
         async with connect(url, token=token, on_state=on_state, on_status=on_status,
                            delay=lambda n: backoff_delay(n, maximum=max_delay)) as client, \
                 client.subscribe(collection, filter=filter, snapshot=snapshot,
-                                 since=since) as sub:
+                                 since=since, since_time=since_time, fields=fields,
+                                 aggregate=aggregate) as sub:
             async for event in sub:
                 if isinstance(event, Subscribed):
                     head = event.head or "none"
@@ -787,11 +832,27 @@ async def _tail(collection: str, filter: dict[str, Any] | None, since: str | Non
                     sys.stdout.flush()
                 elif isinstance(event, Change):
                     style = _OP_STYLES.get(event.op, "white")
-                    body = "" if event.document is None else escape(_dumps(event.document))
+                    shown: Any = event.document
+                    if shown is None and event.updated is not None:  # a delta (--fields)
+                        shown = {"updated": event.updated, "removed": event.removed or []}
+                    body = "" if shown is None else escape(_dumps(shown))
                     out.print(f"[dim]{escape(event.ts)}[/] [{style}]{event.op:<7}[/] "
                               f"[bold]{escape(_cell(event.key))}[/] {body}")
                 elif isinstance(event, Snapshot):
                     out.print(_documents_table(f"{collection} snapshot", event.documents))
+                elif isinstance(event, Aggregate):
+                    for group in event.groups:
+                        key = " ".join(f"{k}={_dumps(v)}" for k, v in group["key"].items())
+                        if group.get("removed"):
+                            out.print(f"[red]removed[/] [bold]{escape(key or '(all)')}[/]")
+                            continue
+                        values = " ".join(
+                            f"{name}.{path}={_dumps(value)}" if name != "count"
+                            else f"count={value}"
+                            for name in ("count", "sum", "avg", "min", "max") if name in group
+                            for path, value in (group[name].items() if name != "count"
+                                                else [("", group[name])]))
+                        out.print(f"[bold]{escape(key or '(all)')}[/] {escape(values)}")
                 elif isinstance(event, Reset):
                     out.print(f"[bold yellow]reset[/] ({escape(event.reason)}): "
                               "reloading the current documents")

@@ -57,11 +57,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -77,6 +78,8 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 __all__ = [
     "BACKOFF_MAX",
     "BACKOFF_MIN",
+    "Aggregate",
+    "AggregateView",
     "Change",
     "Client",
     "ClientError",
@@ -94,6 +97,7 @@ __all__ = [
     "SubscriptionError",
     "TokenProvider",
     "WriteError",
+    "apply_delta",
     "backoff_delay",
     "connect",
     "event_to_json",
@@ -251,13 +255,49 @@ class Reset:
     reason: str
 
 
-Event: TypeAlias = Subscribed | Snapshot | Change | Reset
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """A live aggregate's groups: every group when ``full`` (the first message, and
+    after each reconnect), else the groups that changed (a removed group is
+    ``{"key": ..., "removed": True}``). :class:`AggregateView` keeps them."""
+
+    groups: list[dict[str, Any]]
+    full: bool
+
+
+Event: TypeAlias = Subscribed | Snapshot | Change | Reset | Aggregate
+
+
+class AggregateView:
+    """The groups of a live aggregate, kept current by :meth:`apply`.
+
+    ``groups`` maps each group's key (its JSON text, keys sorted) to the group.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, Any]] = {}
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; True if the groups changed (only :class:`Aggregate` does)."""
+        if not isinstance(event, Aggregate):
+            return False
+        if event.full:
+            self.groups.clear()
+        for group in event.groups:
+            key = orjson.dumps(group.get("key"), option=orjson.OPT_SORT_KEYS).decode()
+            if group.get("removed"):
+                self.groups.pop(key, None)
+            else:
+                self.groups[key] = group
+        return True
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
     """A JSON-ready dict of ``event`` with a ``type`` field (as the CLI prints it)."""
     if isinstance(event, Change):
         return event.to_json()
+    if isinstance(event, Aggregate):
+        return {"type": "aggregate", "full": event.full, "groups": event.groups}
     if isinstance(event, Snapshot):
         return {"type": "snapshot", "documents": event.documents, "head": event.head,
                 "reload": event.reload}
@@ -352,7 +392,9 @@ class LiveView:
         A snapshot replaces everything; ``insert``/``update``/``replace`` of an
         unknown key inserts (documents entering a filter arrive as ``update``);
         ``leave``/``delete`` of an unknown key is a no-op; a change whose
-        ``document._version`` is not newer than the held one is ignored.
+        ``document._version`` is not newer than the held one is ignored. An
+        ``update`` without a document (a subscription with ``fields``) applies
+        its ``updated``/``removed`` paths to the held document (:func:`apply_delta`).
         """
         docs = self.documents
         if isinstance(event, Snapshot):
@@ -365,15 +407,56 @@ class LiveView:
         key = _view_key(event.key)
         if event.op in ("delete", "leave"):
             return "remove" if docs.pop(key, None) is not None else None
-        if event.document is None:
-            return None
         held = docs.get(key)
-        if held is not None:
-            old, new = held.get("_version"), event.document.get("_version")
-            if isinstance(old, int) and isinstance(new, int) and new <= old:
+        document = event.document
+        if document is None:
+            # A projected subscription's update: the changed fields only.
+            if held is None or event.updated is None:
                 return None
-        docs[key] = event.document
+            if _not_newer(held, event.updated.get("_version")):
+                return None
+            docs[key] = apply_delta(held, event.updated, event.removed or ())
+            return "update"
+        if held is not None and _not_newer(held, document.get("_version")):
+            return None
+        docs[key] = document
         return "insert" if held is None else "update"
+
+
+def _not_newer(held: Mapping[str, Any], version: Any) -> bool:
+    old = held.get("_version")
+    return isinstance(old, int) and isinstance(version, int) and version <= old
+
+
+def apply_delta(doc: Mapping[str, Any], updated: Mapping[str, Any],
+                removed: Iterable[str]) -> dict[str, Any]:
+    """``doc`` with an update's delta applied (a copy): each ``removed`` dotted path
+    unset, then each ``updated`` path set, creating sub-documents as needed.
+
+    Raises:
+        ValueError: a path goes through a value that is not an object.
+    """
+    def copy(value: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: copy(v) if isinstance(v, dict) else v for k, v in value.items()}
+
+    out = copy(doc)
+    for path in removed:
+        *parents, last = path.split(".")
+        node: Any = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    for path, value in updated.items():
+        *parents, last = path.split(".")
+        node = out
+        for name in parents:
+            child = node.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{path!r} goes through a value that is not an object")
+            node = child
+        node[last] = value
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -426,13 +509,21 @@ class Subscription:
     """
 
     def __init__(self, client: Client, collection: str, *, filter: Mapping[str, Any] | None,
-                 snapshot: bool, limit: int | None, since: str | None, max_queue: int) -> None:
+                 snapshot: bool, limit: int | None, since: str | None, max_queue: int,
+                 since_time: str | None = None, fields: Sequence[str] | None = None,
+                 aggregate: Mapping[str, Any] | None = None) -> None:
         self.collection = collection
+        #: A live aggregate's spec (None: documents).
+        self.aggregate = dict(aggregate) if aggregate is not None else None
+        #: Only these dotted paths of each document (None: whole documents).
+        self.fields = list(fields) if fields is not None else None
         self.filter = dict(filter) if filter else None
         self.snapshot = snapshot
         self.limit = limit
         #: The resume position: the last event id received, or the live head.
         self.since = since
+        #: Replay from this RFC 3339 time until the first change gives a position.
+        self.since_time = since_time
         self._client = client
         self._items: deque[Event] = deque()
         self._max = max_queue
@@ -626,21 +717,41 @@ class Client:
         limit: int | None = None,
         since: str | None = None,
         max_queue: int | None = None,
+        since_time: str | dt.datetime | None = None,
+        fields: Sequence[str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
     ) -> Subscription:
         """Start a live query on ``collection``; iterate the result for events.
 
         ``filter`` is in the service's filter language; ``snapshot`` starts with a
         :class:`Snapshot` of at most ``limit`` matching documents; ``since``
-        resumes after that event id instead. The subscription is sent at once if
-        connected, else as soon as the client connects.
+        resumes after that event id instead; ``since_time`` (an aware datetime
+        or an RFC 3339 string) replays every change committed from then on, then
+        goes live. ``fields`` (dotted paths) projects every document to those
+        fields (and ``_id``, ``_version``): an ``update`` then carries only the
+        changed ones (:class:`LiveView` applies them), and none when it changed
+        none of them. ``aggregate`` (``{"group_by": ..., "count": True, "sum":
+        [...], ...}``) subscribes to a live aggregate instead of documents:
+        :class:`Aggregate` events (:class:`AggregateView` keeps the groups), the
+        full result again after every reconnect. The subscription is sent at once
+        if connected, else as soon as the client connects.
 
         Raises:
             ClientError: the client is closed.
+            ValueError: ``since_time`` is a naive datetime, or combined with
+                ``since`` or ``snapshot``.
         """
         if self.state is ConnectionState.CLOSED:
             raise ClientError("the client is closed")
+        if since_time is not None and (since is not None or snapshot):
+            raise ValueError("since_time excludes since and snapshot")
+        if aggregate is not None and (snapshot or since is not None or since_time is not None
+                                      or fields is not None or limit is not None):
+            raise ValueError("aggregate excludes snapshot, limit, since, since_time and fields")
         sub = Subscription(self, collection, filter=filter, snapshot=snapshot, limit=limit,
-                           since=since, max_queue=max_queue or self._max_queue)
+                           since=since, max_queue=max_queue or self._max_queue,
+                           since_time=_rfc3339(since_time), fields=fields,
+                           aggregate=aggregate)
         self._subs.append(sub)
         if self.state is ConnectionState.OPEN:
             self._send_subscribe(sub, reload=False)
@@ -895,7 +1006,8 @@ class Client:
         self._wire.clear()
         self._set_state(ConnectionState.OPEN)
         for sub in self._subs:
-            if sub.since is None and sub._ever_subscribed:
+            if (sub.since is None and sub.since_time is None and sub.aggregate is None
+                    and sub._ever_subscribed):
                 await sub._put(Reset("no_position"))
                 self._send_subscribe(sub, reload=True)
             else:
@@ -938,10 +1050,24 @@ class Client:
         message: dict[str, Any] = {"op": "subscribe", "sub": wire, "collection": sub.collection}
         if sub.filter:
             message["filter"] = sub.filter
+        if sub.aggregate is not None:
+            message["aggregate"] = sub.aggregate
+            sub._awaiting_snapshot = sub._resumed = False
+            sub._reload = reload
+            sub.wire = wire
+            self._wire[wire] = sub
+            self._send(message)
+            return
         if sub.limit is not None:
             message["limit"] = sub.limit
+        if sub.fields is not None:
+            message["fields"] = sub.fields
         if sub.since is not None:
             message["since"] = sub.since
+            sub._awaiting_snapshot = False
+            sub._resumed = True
+        elif sub.since_time is not None:
+            message["since_time"] = sub.since_time
             sub._awaiting_snapshot = False
             sub._resumed = True
         else:
@@ -998,8 +1124,12 @@ class Client:
             sub.since = message.get("head")
             await sub._put(Snapshot(documents=message.get("documents") or [],
                                     head=message.get("head"), reload=sub._reload))
+        elif kind == "aggregate":
+            await sub._put(Aggregate(groups=message.get("groups") or [],
+                                     full=bool(message.get("full"))))
         elif kind == "change":
             sub.since = message["id"]
+            sub.since_time = None
             await sub._put(Change(
                 op=message["op"], collection=message.get("collection", sub.collection),
                 key=message.get("key"), id=message["id"], ts=message.get("ts", ""),
@@ -1010,7 +1140,7 @@ class Client:
             # The server cannot resume: drop this wire id and reload with a snapshot.
             del self._wire[wire]
             self._send({"op": "unsubscribe", "sub": wire})
-            sub.since = None
+            sub.since = sub.since_time = None
             await sub._put(Reset(str(message.get("reason", "history_lost"))))
             if not sub.closed and self._ws is not None:
                 self._send_subscribe(sub, reload=True)
@@ -1020,6 +1150,19 @@ class Client:
             if sub in self._subs:
                 self._subs.remove(sub)
             sub._finish(SubscriptionError(str(message.get("code")), str(message.get("message"))))
+
+
+def _rfc3339(when: str | dt.datetime | None) -> str | None:
+    """``since_time`` as the protocol sends it.
+
+    Raises:
+        ValueError: a naive datetime (its time zone is unknown).
+    """
+    if when is None or isinstance(when, str):
+        return when
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("since_time must be an aware datetime (with a time zone)")
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def connect(

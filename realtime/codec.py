@@ -47,8 +47,9 @@ _OPTS = orjson.OPT_PASSTHROUGH_DATETIME
 def format_datetime(value: dt.datetime) -> str:
     """ISO-8601 in UTC with milliseconds and ``Z`` (naive values are UTC)."""
     if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    # (isoformat truncates to milliseconds; a third of strftime's cost, on every event)
+    return value.isoformat(timespec="milliseconds") + "Z"
 
 
 def _default(value: Any) -> Any:

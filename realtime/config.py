@@ -145,6 +145,9 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Messages a slow connection may owe before 4408."
     )
     snapshot_max: int = Field(default=1000, ge=1)
+    aggregate_max_groups: int = Field(
+        default=1000, ge=1,
+        description="Groups a live aggregate may hold; more end it (too_many_groups).")
     feed_max_await_ms: int = Field(default=1000, ge=10)
     stall_factor: float = Field(
         default=5.0, gt=1, description="A feed silent for this many await times restarts."

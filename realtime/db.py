@@ -437,6 +437,36 @@ class Collection:
                 at = session.operation_time
         return docs, None if at is None else (at.time, at.inc)
 
+    async def aggregate_at(
+        self, pipeline: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        """The rows of ``pipeline``, read at one point in time, and that time.
+
+        A snapshot read (read concern ``snapshot``: majority-committed data as of
+        one cluster time): the rows reflect exactly the changes committed at or
+        before the returned cluster time (the reply's ``atClusterTime``) and none
+        after (None if the server gave no time).
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached.
+            RealtimeError: the database refused the pipeline.
+        """
+        db = self._coll.database
+        async with _translated(self._wait):
+            reply = await db.command({"aggregate": self.name, "pipeline": list(pipeline),
+                                      "cursor": {}, "readConcern": {"level": "snapshot"}})
+            cursor = reply["cursor"]
+            rows: list[dict[str, Any]] = list(cursor.get("firstBatch") or ())
+            at = cursor.get("atClusterTime")
+            cursor_id = cursor.get("id", 0)
+            while cursor_id:
+                more = await db.command({"getMore": cursor_id, "collection": self.name})
+                rows += more["cursor"].get("nextBatch") or ()
+                cursor_id = more["cursor"].get("id", 0)
+        if not isinstance(at, Timestamp):
+            return rows, None
+        return rows, (at.time, at.inc)
+
     async def find_one_and_replace(
         self, query: Mapping[str, Any], doc: dict[str, Any], *, upsert: bool = False
     ) -> dict[str, Any] | None:
@@ -575,15 +605,15 @@ class Database:
         *,
         resume_after: Mapping[str, Any] | None = None,
         start_after: Mapping[str, Any] | None = None,
-        start_at: tuple[int, int] | None = None,
+        start_at_operation_time: tuple[int, int] | None = None,
         max_await_time_ms: int | None = None,
         batch_size: int | None = None,
     ) -> ChangeStream:
         """Open a change stream on the database.
 
         Full documents come by ``updateLookup`` and pre-images when available.
-        ``start_at``: a cluster time to start at (its own events included),
-        when neither resume position is given.
+        ``start_at_operation_time`` (a cluster time ``(seconds, increment)``)
+        starts at the first change committed at or after it.
 
         Raises:
             DatabaseUnavailable, HistoryLost
@@ -593,7 +623,8 @@ class Database:
             full_document_before_change="whenAvailable",
             resume_after=resume_after,
             start_after=start_after,
-            start_at_operation_time=None if start_at is None else Timestamp(*start_at),
+            start_at_operation_time=(None if start_at_operation_time is None
+                                     else Timestamp(*start_at_operation_time)),
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from realtime import protocol
 from realtime.codec import dumps_str, format_datetime, key_to_json
+from realtime.projection import Projection, delta
 
 __all__ = ["DOCUMENT_OPS", "STREAM_OPS", "Event", "apply_update", "cluster_time", "normalise"]
 
@@ -49,6 +50,10 @@ class Event:
     #: Encoded frames by subscription prefix: for ``op``, and for ``leave``.
     _frames: dict[str, bytes] | None = None
     _leave_frames: dict[str, bytes] | None = None
+    #: Bodies by projection and variant, and their messages and frames by
+    #: subscription prefix too, during a fan-out.
+    _projected: dict[tuple[Projection, str], str | None] | None = None
+    _projected_frames: dict[tuple[Projection, str, bool, str], tuple[str, bytes]] | None = None
 
     def frame(self, prefix: str, op: str) -> bytes:
         """The WebSocket frame of this change as ``op`` for subscriptions with ``prefix``.
@@ -76,7 +81,76 @@ class Event:
             self._frames = {}
             self._leave_frames = {}
         else:
-            self._frames = self._leave_frames = None
+            self._frames = self._leave_frames = self._projected = None
+            self._projected_frames = None
+
+    def projected(self, projection: Projection, op: str, had: bool) -> str | None:
+        """The body of this change as ``op`` for subscriptions with ``projection``
+        (see :func:`realtime.protocol.encode_event_body`), or None to send nothing.
+
+        ``had`` says whether the client holds the document already (its
+        pre-image was inside the subscription's filter): an ``update`` then
+        carries only the delta of the projected fields (``updated``/``removed``,
+        :func:`realtime.projection.delta`), and nothing at all when no projected
+        field changed; otherwise, and for ``insert``/``replace``, the projected
+        document. ``leave`` and ``delete`` carry no document anyway. During a
+        fan-out (:meth:`caching`) each body is computed once per projection.
+        """
+        if op == "leave":
+            return self.leave
+        if op == "delete":
+            return self.body
+        variant = op if op != "update" else ("delta" if had else "update")
+        cache = self._projected
+        if cache is None:
+            if self._frames is None:
+                return self._project(projection, variant)
+            cache = self._projected = {}
+        key = (projection, variant)
+        if key in cache:
+            return cache[key]
+        body = cache[key] = self._project(projection, variant)
+        return body
+
+    def projected_frame(self, projection: Projection, op: str, had: bool,
+                        prefix: str) -> tuple[str, bytes] | None:
+        """The message and WebSocket frame of :meth:`projected`'s body for the
+        subscriptions with ``prefix`` (None: send nothing); during a fan-out, made
+        once per projection, op and prefix."""
+        key = (projection, op, had, prefix)
+        cache = self._projected_frames
+        if cache is not None:
+            made = cache.get(key)
+            if made is not None:
+                return made
+        body = self.projected(projection, op, had)
+        if body is None:
+            return None
+        text = protocol.render_change(prefix, op, body)
+        made = (text, protocol.text_frame(text.encode()))
+        if self._frames is not None:  # caching (a fan-out)
+            if cache is None:
+                cache = self._projected_frames = {}
+            cache[key] = made
+        return made
+
+    def _project(self, projection: Projection, variant: str) -> str | None:
+        document = self.document
+        if variant == "delta":
+            if self.before is not None and document is not None:
+                change = delta(projection.apply(self.before), projection.apply(document))
+                if change is None:
+                    return None
+                updated, removed = change
+                return protocol.encode_event_body(
+                    id=self.id, collection=self.collection, key=self.key, document=None,
+                    updated=dumps_str(updated), removed=removed, ts=self.ts)
+            if self.changed is not None and not projection.touches(self.changed):
+                return None  # no pre-image, but the update's own fields are all elsewhere
+        return protocol.encode_event_body(
+            id=self.id, collection=self.collection, key=self.key,
+            document=None if document is None else dumps_str(projection.apply(document)),
+            updated=None, removed=None, ts=self.ts)
 
     @property
     def leave(self) -> str:

@@ -23,16 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from realtime import protocol
+from realtime.aggregate import AggregateSpec, TooManyGroups
+from realtime.aggregator import Members, SharedAggregate, aggregate_key
 from realtime.codec import dumps_str, key_to_json
 from realtime.errors import RealtimeError
 from realtime.events import Event
 from realtime.index import Index
 from realtime.outbox import Batcher, BatchPolicy, Outbox
+from realtime.projection import Projection
 from realtime.ring import Ring
 from realtime.subscription import Cluster, Phase, Subscription
 
@@ -67,11 +72,23 @@ class History(Protocol):
             RealtimeError: the read failed.
         """
 
+    async def aggregate(self, collection: str, filter: Mapping[str, Any], spec: AggregateSpec,
+                        max_groups: int) -> tuple[list[dict[str, Any]], Cluster | None]:
+        """The rows of ``spec``'s ``$group`` over ``filter``, and the cluster time they
+        reflect exactly (every change at or before it, none after).
+
+        Raises:
+            RealtimeError: the read failed.
+        """
+
     def next_poll(self) -> int:
         """The number of the feed's first read of its stream to begin from now on."""
 
     def catch_up(self, subscription: Subscription, since: str) -> None:
         """Replay every change after ``since`` to ``subscription`` (CATCHING_UP), then live."""
+
+    def replay_from(self, subscription: Subscription, when: dt.datetime) -> None:
+        """Replay the oplog from ``when`` on to ``subscription`` (CATCHING_UP), then live."""
 
 
 class Hub:
@@ -115,6 +132,11 @@ class Hub:
         self.passed_ct: Cluster = (0, 0)
         #: Told of every subscription added and removed (an edge's interest), if set.
         self.watcher: Watcher | None = None
+        #: The live aggregates, each shared by its subscribers (realtime.aggregator).
+        self._aggregates: dict[tuple[Any, ...], SharedAggregate] = {}
+        #: Projections by their paths, while a subscription holds them.
+        self._projections: weakref.WeakValueDictionary[tuple[str, ...], Projection] = (
+            weakref.WeakValueDictionary())
 
     # -- connections ---------------------------------------------------------------
     def outbox(self, **kwargs: Any) -> Outbox:
@@ -147,12 +169,15 @@ class Hub:
     # -- subscriptions -------------------------------------------------------------
     def add(self, subscription: Subscription) -> None:
         """Start routing events of its collection to ``subscription`` (in its phase)."""
+        self._index(subscription)
+        conn: Any = subscription.conn
+        self.connections.setdefault(conn, {})[subscription.sub] = subscription
+
+    def _index(self, subscription: Subscription) -> None:
         index = self._indexes.get(subscription.collection)
         if index is None:
             index = self._indexes[subscription.collection] = Index()
         index.add(subscription)
-        conn: Any = subscription.conn
-        self.connections.setdefault(conn, {})[subscription.sub] = subscription
         if self.watcher is not None:
             self.watcher.added(subscription)
 
@@ -160,6 +185,9 @@ class Hub:
         """Stop routing events to ``subscription``; it ENDS."""
         subscription.end()
         self._settling.pop(subscription, None)
+        shared = subscription.shared
+        if shared is not None and shared.leader is not subscription and shared.leave(subscription):
+            self._drop_aggregate(shared)  # its last member left
         index = self._indexes.get(subscription.collection)
         if index is not None and index.remove(subscription):
             if not index:
@@ -172,12 +200,15 @@ class Hub:
             del subs[subscription.sub]
 
     async def start(self, subscription: Subscription, history: History, *,
-                    since: str | None = None, snapshot: bool = False, limit: int = 0) -> None:
-        """Answer ``subscribe`` and start routing to ``subscription``, one of three ways.
+                    since: str | None = None, snapshot: bool = False, limit: int = 0,
+                    since_time: dt.datetime | None = None) -> None:
+        """Answer ``subscribe`` and start routing to ``subscription``, one of four ways.
 
         With ``since``: every event after it, replayed from the ring at once
         when at most :data:`REPLAY_AT_ONCE` follow it there, else caught up by
-        ``history`` (paced, from the ring or the oplog). With ``snapshot``: the ``limit`` first
+        ``history`` (paced, from the ring or the oplog). With ``since_time``:
+        every event committed at or after it, caught up from the oplog. With
+        ``snapshot``: the ``limit`` first
         matching documents, then every change after the head without a gap
         and without sending what the snapshot shows. Otherwise: live from the
         head. A snapshot that cannot be read ends the subscription with an
@@ -191,6 +222,15 @@ class Hub:
                 return  # closed meanwhile
         conn = subscription.conn
         sub = subscription.sub
+        if subscription.aggregate is not None:
+            await self._start_aggregate(subscription, history)
+            return
+        if since_time is not None:
+            conn.send(protocol.render_subscribed(sub, self.head()))
+            subscription.catch_up()  # live events held back meanwhile
+            self.add(subscription)
+            history.replay_from(subscription, since_time)
+            return
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
             seq = self.since_seq(since)
@@ -226,10 +266,107 @@ class Hub:
         shown: dict[Any, Mapping[str, Any]] = {}
         for doc in docs:
             if subscription.owns(doc):
-                documents.append(dumps_str(doc))
+                documents.append(dumps_str(subscription.render(doc)))
                 shown[key_to_json(doc.get("_id"))] = doc
         conn.send(protocol.render_snapshot(sub, documents, head))
         self.settle(subscription, shown, horizon, poll)
+
+    async def _start_aggregate(self, member: Subscription, history: History) -> None:
+        """``subscribed``, then the aggregate's groups (``aggregate``, ``full``), then live.
+
+        Subscriptions to the same aggregate share one (:mod:`realtime.aggregator`):
+        a member joining a live one gets its groups at once. The first member's
+        leader reads the database's result at one cluster time: the events held
+        meanwhile and those the feed publishes later at or before it are already
+        counted, the others are applied (:meth:`Subscription.go_live` with that floor).
+        """
+        conn, sub = member.conn, member.sub
+        head = self.head()
+        registered: Any = conn
+        self.connections.setdefault(registered, {})[sub] = member
+        conn.send(protocol.render_subscribed(sub, head))
+        key = aggregate_key(member)
+        shared = self._aggregates.get(key)
+        if shared is not None:
+            shared.join(member)
+            return
+        state = member.aggregate
+        assert state is not None  # noqa: S101 - the caller checked
+        members = Members()
+        leader = Subscription(members, "", member.collection, member.filter, owner=member.owner,
+                              aggregate=state)
+        shared = self._aggregates[key] = SharedAggregate(key, leader, members, self.batcher)
+        leader.shared = shared
+        shared.join(member)
+        leader.hold()
+        self._index(leader)  # (in the index only: it has no connection of its own)
+        try:
+            rows, horizon = await history.aggregate(leader.collection, leader.filter,
+                                                    state.spec, state.max_groups)
+        except RealtimeError as exc:
+            why = f"aggregate failed: {exc.detail}"
+            shared.tell(lambda s: protocol.render_error(protocol.ErrorCode.INTERNAL, why, s))
+            self._end_aggregate(shared)
+            return
+        if leader.phase is Phase.ENDED:
+            return  # every member left meanwhile
+        try:
+            state.load(rows)
+        except TooManyGroups:
+            self._too_many_groups(shared)
+            return
+        shared.broadcast(dumps_str(state.result()), True)
+        shared.live = True
+        shared.sent_at = asyncio.get_running_loop().time()
+        leader.notify = self._aggregate_changed
+        leader.go_live(floor=horizon)
+
+    def _end_aggregate(self, shared: SharedAggregate) -> None:
+        """Drop ``shared``: its leader leaves the index, its members end."""
+        for member in list(shared.members.subs):
+            self.remove(member)
+        self._drop_aggregate(shared)
+
+    def _drop_aggregate(self, shared: SharedAggregate) -> None:
+        shared.stop()
+        if self._aggregates.get(shared.key) is shared:
+            del self._aggregates[shared.key]
+        leader = shared.leader
+        leader.end()
+        index = self._indexes.get(leader.collection)
+        if index is not None and index.remove(leader):
+            if not index:
+                del self._indexes[leader.collection]
+            if self.watcher is not None:
+                self.watcher.removed(leader)
+
+    def _too_many_groups(self, shared: SharedAggregate) -> None:
+        state = shared.leader.aggregate
+        limit = state.max_groups if state is not None else 0
+        shared.tell(lambda s: protocol.render_error(
+            protocol.ErrorCode.TOO_MANY_GROUPS,
+            f"the aggregate has more than {limit} groups (REALTIME_AGGREGATE_MAX_GROUPS); "
+            "narrow the filter or group_by", s))
+        self._end_aggregate(shared)
+
+    def _aggregate_changed(self, leader: Subscription) -> None:
+        """A live aggregate changed (or broke): tell its members, throttled."""
+        shared: SharedAggregate = leader.shared
+        broken = leader.broken
+        if broken is None:
+            shared.changed()
+            return
+        leader.notify = None
+        # (Told during a fan-out over the index: the aggregate ends right after it.)
+        loop = asyncio.get_running_loop()
+        if broken == protocol.ErrorCode.TOO_MANY_GROUPS:
+            loop.call_soon(self._too_many_groups, shared)
+        else:
+            # An update without its pre-image: the members reload the aggregate.
+            shared.tell(lambda s: protocol.render_resync(s, protocol.ResyncReason.INVALIDATED))
+            for member in list(shared.members.subs):
+                shared.leave(member)
+            loop.call_soon(self._drop_aggregate, shared)
 
     def settle(self, subscription: Subscription, shown: Mapping[Any, Mapping[str, Any]],
                horizon: Cluster | None, poll: int) -> None:
@@ -278,9 +415,19 @@ class Hub:
                 del settling[subscription]
                 subscription.go_live()
 
+    def projection(self, paths: tuple[str, ...]) -> Projection:
+        """The :class:`Projection` of ``paths`` (from ``projection.check_fields``), shared
+        by every subscription asking for the same fields while any holds it."""
+        projection = self._projections.get(paths)
+        if projection is None:
+            projection = self._projections[paths] = Projection(paths)
+        return projection
+
     def subscription_count(self) -> int:
-        """How many subscriptions are routed."""
-        return sum(len(index) for index in self._indexes.values())
+        """How many subscriptions are routed (a shared aggregate's members, not its leader)."""
+        routed = sum(len(index) for index in self._indexes.values())
+        aggregates = self._aggregates
+        return routed - len(aggregates) + sum(len(shared) for shared in aggregates.values())
 
     # -- events --------------------------------------------------------------------
     def publish(self, ev: Event) -> None:
@@ -391,6 +538,15 @@ class Hub:
         """Send ``resync`` to the subscriptions of ``collection`` (or all)."""
         count = 0
         for subscription in self.subscriptions_of(collection):
+            shared = subscription.shared
+            if shared is not None and shared.leader is subscription:
+                # A live aggregate's members reload it: it may have missed changes.
+                count += len(shared)
+                shared.tell(lambda s: protocol.render_resync(s, reason))
+                for member in list(shared.members.subs):
+                    shared.leave(member)
+                self._drop_aggregate(shared)
+                continue
             subscription.conn.send(protocol.render_resync(subscription.sub, reason))
             count += 1
         return count

@@ -16,6 +16,7 @@ the same as leaving the field out. Unknown fields are refused.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import struct
@@ -26,7 +27,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import orjson
 
-from realtime import names, query
+from realtime import aggregate, names, projection, query
 
 __all__ = [
     "CHANGE_OPS",
@@ -51,8 +52,11 @@ __all__ = [
     "Unsubscribe",
     "change_prefix",
     "encode_event_body",
+    "encode_stream_change",
     "leave_body",
     "parse_client_message",
+    "parse_time",
+    "render_aggregate",
     "render_authenticated",
     "render_change",
     "render_error",
@@ -82,6 +86,11 @@ MAX_SINCE_LENGTH: Final = 512
 CHANGE_OPS: Final = frozenset({"insert", "update", "replace", "delete", "leave"})
 
 _SINCE_RE: Final = re.compile(rf"[0-9A-Fa-f]{{1,{MAX_SINCE_LENGTH}}}")
+# Cluster times count seconds since 1970 in 32 bits.
+_MAX_TIME: Final = 2**32
+#: RFC 3339 ``date-time``: a time zone is required; ``T``/``t``/space separate.
+_RFC3339_RE: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
 # How much of a client-supplied name an error message quotes.
 _QUOTE_CHARS: Final = 64
 
@@ -113,7 +122,7 @@ class ErrorCode(StrEnum):
     BAD_FILTER = "bad_filter"
     #: The collection name is refused.
     BAD_COLLECTION = "bad_collection"
-    #: ``since`` is not an event id.
+    #: ``since`` is not an event id, or ``since_time`` not an RFC 3339 timestamp.
     BAD_SINCE = "bad_since"
     #: ``subscribe`` with a ``sub`` already active on the connection.
     DUPLICATE_SUB = "duplicate_sub"
@@ -121,6 +130,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_SUB = "unknown_sub"
     #: More than the per-connection subscription limit.
     TOO_MANY_SUBS = "too_many_subs"
+    #: A live aggregate has more groups than ``REALTIME_AGGREGATE_MAX_GROUPS``;
+    #: the subscription has ended.
+    TOO_MANY_GROUPS = "too_many_groups"
     #: The credentials do not allow this.
     FORBIDDEN = "forbidden"
     #: A server-side failure.
@@ -181,6 +193,12 @@ class Subscribe:
     snapshot: bool
     limit: int
     since: str | None
+    #: Replay every change committed at or after this time (aware, UTC), then live.
+    since_time: dt.datetime | None = None
+    #: The projection's paths (``projection.check_fields``); None: whole documents.
+    fields: tuple[str, ...] | None = None
+    #: A live aggregate instead of documents (``aggregate.parse_spec``).
+    aggregate: aggregate.AggregateSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +225,8 @@ class Auth:
 ClientMessage: TypeAlias = Subscribe | Unsubscribe | Ping | Auth
 
 _FIELDS: Final[dict[str, frozenset[str]]] = {
-    "subscribe": frozenset({"op", "sub", "collection", "filter", "snapshot", "limit", "since"}),
+    "subscribe": frozenset({"op", "sub", "collection", "filter", "snapshot", "limit", "since",
+                            "since_time", "fields", "aggregate"}),
     "unsubscribe": frozenset({"op", "sub"}),
     "ping": frozenset({"op", "ref"}),
     "auth": frozenset({"op", "token"}),
@@ -293,6 +312,32 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
             sub,
         )
 
+    since_time = obj.get("since_time")
+    if since_time is not None:
+        since_time = _since_time(since_time, sub)
+        if since is not None:
+            _bad("'since' and 'since_time' exclude each other", sub)
+        if snapshot:
+            _bad("'since_time' replays changes: it cannot be combined with 'snapshot'", sub)
+
+    fields = obj.get("fields")
+    if fields is not None:
+        try:
+            fields = projection.check_fields(fields)
+        except ValueError as exc:
+            _bad(f"'fields' {exc}", sub)
+
+    spec = obj.get("aggregate")
+    if spec is not None:
+        try:
+            spec = aggregate.parse_spec(spec)
+        except ValueError as exc:
+            _bad(str(exc), sub)
+        clash = [name for name in ("snapshot", "limit", "since", "since_time", "fields")
+                 if obj.get(name) is not None]
+        if clash:
+            _bad(f"'aggregate' cannot be combined with {_quote(clash[0])}", sub)
+
     return Subscribe(
         sub=sub,
         collection=collection,
@@ -300,7 +345,36 @@ def _parse_subscribe(obj: dict[str, Any], max_limit: int) -> Subscribe:
         snapshot=snapshot,
         limit=limit,
         since=since,
+        since_time=since_time,
+        fields=fields,
+        aggregate=spec,
     )
+
+
+def parse_time(value: Any) -> dt.datetime:
+    """An RFC 3339 timestamp (``2026-01-01T09:00:00Z``, an offset, or fractions) in UTC.
+
+    Raises:
+        ValueError: ``value`` is not a string holding an RFC 3339 date-time
+            with a time zone (``Z`` or an offset), or it is before 1970 or past
+            the 32-bit seconds of the database's cluster time (2106).
+    """
+    if not isinstance(value, str) or not _RFC3339_RE.fullmatch(value):
+        raise ValueError("not an RFC 3339 timestamp like 2026-01-01T09:00:00Z")
+    try:
+        parsed = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("not a valid date and time") from None
+    if not 0 <= parsed.timestamp() < _MAX_TIME:
+        raise ValueError("outside the database's clock (1970-01-01 to 2106-02-07)")
+    return parsed.astimezone(dt.UTC)
+
+
+def _since_time(value: Any, sub: str) -> dt.datetime:
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_SINCE, f"'since_time' is {exc}", sub) from None
 
 
 def _parse_unsubscribe(obj: dict[str, Any]) -> Unsubscribe:
@@ -433,6 +507,19 @@ def render_snapshot(sub: str, documents: Sequence[str], head: str | None) -> str
     )
 
 
+def render_aggregate(sub: str, groups: str, full: bool = False) -> str:
+    """``{"type":"aggregate","sub":...,"full":...,"groups":[...]}``: a live aggregate's
+    groups, all of them (``full``, the first message) or those that changed.
+
+    ``groups`` is the already-encoded JSON array of the groups, spliced in as it is.
+
+    Raises:
+        TypeError: if ``sub`` cannot be encoded as JSON.
+    """
+    return ('{"type":"aggregate","sub":' + _json(sub) + ',"full":'
+            + ("true" if full else "false") + ',"groups":' + groups + "}")
+
+
 def render_resync(sub: str, reason: str) -> str:
     """``{"type":"resync","sub":...,"reason":...}``.
 
@@ -526,6 +613,16 @@ def encode_event_body(
         parts += (',"removed":', _json(removed))
     parts += (',"ts":', _json(ts), "}")
     return "".join(parts)
+
+
+def encode_stream_change(*, op: str, id: str, collection: str, ts: str) -> str:
+    """``{"op":<drop|rename|dropDatabase|invalidate>,"id":...,"collection":...,"ts":...}``:
+    an event that ends a collection's history, in a page of the REST changes feed.
+
+    Raises:
+        TypeError: if a value cannot be encoded as JSON.
+    """
+    return _json({"op": op, "id": id, "collection": collection, "ts": ts})
 
 
 def leave_body(

@@ -27,6 +27,7 @@ from realtime.catchup import DatabaseHistory
 from realtime.config import Settings
 from realtime.db import Database, token_order
 from realtime.embedded import DataDirLock, EmbeddedServer
+from realtime.heap import settled_heap
 from realtime.hub import Hub
 from realtime.limits import Limits
 from realtime.protocol import CloseCode
@@ -132,7 +133,8 @@ async def running(settings: Settings, auth: Authenticator,
         except TimeoutError:
             log.warning("change stream not live after %.0f s; serving anyway",
                         settings.startup_wait_seconds)
-        yield services
+        with settled_heap():
+            yield services
     finally:
         hub.close_all(CloseCode.GOING_AWAY, "server shutdown")
         await history.stop()

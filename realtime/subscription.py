@@ -36,7 +36,9 @@ from enum import Enum
 from typing import Any, Protocol
 
 from realtime import protocol, query
+from realtime.aggregate import AggregateState, TooManyGroups
 from realtime.events import Event
+from realtime.projection import Projection
 
 __all__ = ["Outlet", "Owner", "Phase", "PhaseError", "Subscription"]
 
@@ -79,6 +81,9 @@ class Outlet(Protocol):
     def send(self, message: str) -> None:
         """Send one server message (never blocks, never raises)."""
 
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """Send ``message``, whose ready-made frame ``frame`` is shared with others."""
+
     def send_change(self, ev: Event, prefix: str, op: str) -> None:
         """Send ``ev`` as ``op`` to the subscription whose messages start with ``prefix``."""
 
@@ -104,11 +109,13 @@ class Subscription:
     and catch-ups go through it.)
     """
 
-    __slots__ = ("_held", "collection", "conn", "fields", "filter", "floor", "horizon",
-                 "match", "owner", "phase", "prefix", "shown", "sub")
+    __slots__ = ("_held", "aggregate", "broken", "collection", "conn", "fields", "filter",
+                 "floor", "horizon", "match", "notify", "owner", "phase", "prefix",
+                 "projection", "shared", "shown", "sub")
 
     def __init__(self, conn: Outlet, sub: str, collection: str, filter: Mapping[str, Any],
-                 owner: Owner | None = None) -> None:
+                 owner: Owner | None = None, projection: Projection | None = None,
+                 aggregate: AggregateState | None = None) -> None:
         self.conn = conn
         self.sub = sub
         self.collection = collection
@@ -118,6 +125,17 @@ class Subscription:
             query.compile(self.filter) if self.filter else None
         )
         self.fields = query.fields(self.filter) if self.filter else None
+        #: The fields the client receives (None: whole documents).
+        self.projection = projection
+        #: A live aggregate's groups, which changes update instead of being sent.
+        self.aggregate = aggregate
+        #: Told when the aggregate changed (the hub sends it, throttled), or broke.
+        self.notify: Callable[[Subscription], None] | None = None
+        #: Why the aggregate can no longer be kept (``too_many_groups`` or a missing
+        #: pre-image), or None.
+        self.broken: str | None = None
+        #: The shared aggregate this subscription leads or is a member of.
+        self.shared: Any = None
         self.prefix = protocol.change_prefix(sub)
         self.phase = Phase.LIVE
         #: Events held back, with the op each gives (HOLDING, SETTLING, CATCHING_UP).
@@ -203,8 +221,61 @@ class Subscription:
             self.send(op, ev)
 
     def send(self, op: str, ev: Event) -> None:
-        """Send ``ev`` as ``op`` through the outlet."""
-        self.conn.send_change(ev, self.prefix, op)
+        """Send ``ev`` as ``op`` through the outlet (projected, if so asked: then an
+        update that changes no projected field sends nothing)."""
+        if self.aggregate is not None:
+            self._aggregate(self.aggregate, op, ev)
+            return
+        projection = self.projection
+        if projection is None:
+            self.conn.send_change(ev, self.prefix, op)
+            return
+        made = ev.projected_frame(projection, op, op == "update" and self._had(ev), self.prefix)
+        if made is not None:
+            self.conn.send_shared(*made)
+
+    def body(self, op: str, ev: Event) -> str | None:
+        """The shared body of ``ev`` as ``op`` for this subscription (None: send nothing)."""
+        projection = self.projection
+        if projection is None:
+            return ev.leave if op == "leave" else ev.body
+        return ev.projected(projection, op, op == "update" and self._had(ev))
+
+    def _aggregate(self, state: AggregateState, op: str, ev: Event) -> None:
+        """The document's old version leaves the aggregate, its new one joins it."""
+        if self.broken is not None:
+            return
+        before = ev.before
+        if op == "insert":
+            old = None
+        elif before is None:
+            self.broken = "no_pre_image"  # what it counted for is unknown
+        else:
+            old = before if self.match is None or self.match(before) else None
+        if self.broken is None:
+            new = ev.document if op in ("insert", "update", "replace") else None
+            try:
+                state.apply(old, new)
+            except TooManyGroups:
+                self.broken = protocol.ErrorCode.TOO_MANY_GROUPS
+        if (self.broken is not None or state.dirty) and self.notify is not None:
+            self.notify(self)
+
+    def _had(self, ev: Event) -> bool:
+        """True if the document was inside the filter before this update (the client
+        holds it): by its pre-image, else because the update changed none of the
+        filter's fields."""
+        match = self.match
+        if ev.before is not None:
+            return match is None or match(ev.before)
+        if match is None:
+            return True
+        changed, fields = ev.changed, self.fields
+        return changed is not None and fields is not None and not changed & fields
+
+    def render(self, doc: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``doc`` as a snapshot shows it to this subscription (projected)."""
+        return doc if self.projection is None else self.projection.apply(doc)
 
     # -- transitions -------------------------------------------------------------
     def _expect(self, *phases: Phase) -> None:

@@ -44,6 +44,7 @@ RENDER_ARGS: dict[str, tuple[Any, ...]] = {
     "render_pong": ("7",),
     "render_authenticated": (),
     "render_status": (protocol.FEED_LIVE,),
+    "render_aggregate": ("s1", '[{"key":{"status":"open"},"count":2,"sum":{"total":3}}]'),
 }
 #: Further renderings: the optional members left out or in.
 MORE_RENDERINGS: list[tuple[str, tuple[Any, ...]]] = [
@@ -53,6 +54,7 @@ MORE_RENDERINGS: list[tuple[str, tuple[Any, ...]]] = [
     ("render_error", (protocol.ErrorCode.BAD_JSON, "not JSON")),
     ("render_pong", (None,)),
     ("render_subscribed", ("s1", "8264A1")),
+    ("render_aggregate", ("s1", '[{"key":{},"removed":true}]', True)),
     *[("render_status", (state,)) for state in sorted(protocol.FEED_STATES)],
 ]
 

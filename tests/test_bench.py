@@ -54,6 +54,29 @@ async def test_latency_quick(tmp_path: Path) -> None:
         assert run["delivered"] == run["expected"] == run["writes"] * run["subscribers"]
         assert run["missing_sampled"] == 0
         assert run["sent_to_received_ms"]["count"] > 0
+    assert {r["mode"] for r in data["runs"]} >= {"rest"}
+    if shutil.which("node") is not None:  # the Node.js peer, side by side with realtime
+        direct = [r for r in data["runs"] if r["mode"] == "direct"]
+        assert {r["server"] for r in direct} == {"node", f"realtime-{data['default_driver']}"}
+        mine = next(r for r in direct if r["server"] != "node")
+        assert set(mine["ratio_to_peer"]) == {"p50", "p90", "p99"}
+        assert "÷ node" in (tmp_path / "latency.md").read_text()
+
+
+async def test_ingest_quick(tmp_path: Path) -> None:
+    """Every subscription count on both drivers, each match counted."""
+    data = await quick("ingest", tmp_path)
+    runs = data["runs"]
+    assert {(r["driver"], r["subscriptions"]) for r in runs} == {
+        (d, n) for d in ("motor", "pymongo") for n in (0, 50)}
+    for run in runs:
+        assert run["events_per_s"] > 0
+        if run["subscriptions"] == 0:
+            assert run["messages"] == 0
+        else:  # 0.1 % of keys per filter: the recorded events' keys decide the matches
+            assert run["messages"] > 0
+        if run["filters"] == "indexed":
+            assert run["from_database_events_per_s"] > 0
 
 
 async def test_fanout_quick(tmp_path: Path) -> None:
@@ -119,6 +142,22 @@ async def test_scaleout_quick(tmp_path: Path) -> None:
         assert run["ingested_share"] == pytest.approx(expected_share)
         assert sum(run["ingested_per_edge"]) == run["events"] * (
             run["edges"] if run["control"] else 1)
+
+
+async def test_aggregates_quick(tmp_path: Path) -> None:
+    data = await quick("aggregates", tmp_path)
+    runs = {run["mode"]: run for run in data["runs"]}
+    assert set(runs) == {"plain", "aggregate", "aggregate 100 ms", "projected"}
+    for run in runs.values():
+        assert run["closes"] == {}
+        assert run["write_failures"] == 0
+    # Every change reaches every plain and projected subscriber; coalescing sends fewer.
+    assert runs["plain"]["delivered"] == runs["projected"]["delivered"] \
+        == runs["plain"]["expected_plain"]
+    assert 0 < runs["aggregate 100 ms"]["delivered"] < runs["plain"]["delivered"]
+    assert runs["projected"]["bytes_per_message"] < runs["plain"]["bytes_per_message"] / 2
+    assert runs["aggregate"]["sent_to_received_ms"]["p50"] is not None
+    assert data["update"]["projected_delta"] < data["update"]["whole"] / 4
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:

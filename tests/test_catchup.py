@@ -8,6 +8,7 @@ Three tiny builders: :func:`entry` (a raw change-stream event at oplog position
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -40,7 +41,8 @@ def entry(n: int, collection: str = "c", op: str = "insert") -> Raw:
     """The change at oplog position ``n``: an insert of document ``d<n>``."""
     raw: Raw = {"_id": {"_data": token(n)}, "operationType": op,
                 "ns": {"db": "db", "coll": collection}, "documentKey": {"_id": f"d{n}"},
-                "clusterTime": Timestamp(100, n)}
+                "clusterTime": Timestamp(100, n),
+                "wallTime": dt.datetime.fromtimestamp(100 + n / 1000, dt.UTC)}
     if op == "insert":
         raw["fullDocument"] = {"_id": f"d{n}", "n": n}
     return raw
@@ -108,8 +110,15 @@ class Oplog:
         self.refused: set[str] = set()
 
     async def watch(self, pipeline: Sequence[Mapping[str, Any]], *,
-                    resume_after: Mapping[str, Any], **_: Any) -> Stream:
+                    resume_after: Mapping[str, Any] | None = None,
+                    start_at_operation_time: Cluster | None = None, **_: Any) -> Stream:
         collection = pipeline[0]["$match"]["ns.coll"]
+        if start_at_operation_time is not None:
+            self.watched.append((collection, f"@{start_at_operation_time}"))
+            return Stream([e for e in self.entries if e["ns"]["coll"] == collection
+                           and (e["clusterTime"].time, e["clusterTime"].inc)
+                           >= start_at_operation_time], self.gate, self.gate_at)
+        assert resume_after is not None
         after = token_order(resume_after["_data"])
         self.watched.append((collection, resume_after["_data"]))
         if resume_after["_data"] in self.refused:
@@ -133,6 +142,17 @@ async def resumed(hub: Hub, store: DatabaseHistory, after: int, collection: str 
     outlet = Outlet()
     sub = Subscription(outlet, name, collection, {})
     await hub.start(sub, store, since=token(after))
+    return sub, outlet
+
+
+async def replayed(hub: Hub, store: DatabaseHistory, ms: float, collection: str = "c",
+                   name: str = "s") -> tuple[Subscription, Outlet]:
+    """A subscription on ``collection`` replaying from ``ms`` milliseconds after second 100
+    (oplog position ``n`` was committed at ``n`` ms)."""
+    outlet = Outlet()
+    sub = Subscription(outlet, name, collection, {})
+    when = dt.datetime.fromtimestamp(100 + ms / 1000, dt.UTC)
+    await hub.start(sub, store, since_time=when)
     return sub, outlet
 
 
@@ -407,3 +427,52 @@ async def test_a_catch_up_from_the_oplog_goes_on_from_the_ring_paced() -> None:
     for sub, outlet in subs:
         assert sub.phase is Phase.LIVE
         assert outlet.keys == keys(101, 3000)
+
+
+async def test_a_replay_from_a_time_sends_what_was_committed_from_then_on_then_live() -> None:
+    oplog, hub = Oplog([entry(n) for n in range(1, 21)]), Hub()
+    oplog.gate, oplog.gate_at = asyncio.Event(), 3
+    store = history(oplog, hub)
+    subs = [await replayed(hub, store, ms) for ms in (5, 5, 12)]
+    for n in range(18, 26):  # the feed meanwhile (d18..d20 are in the oplog too)
+        if n > 20:
+            oplog.entries.append(entry(n))
+        hub.publish(event(n))
+    oplog.gate.set()
+    await store.join()
+    assert oplog.watched == [("c", "@(100, 0)")]  # one reader from the start of the second
+    assert [outlet.keys for _, outlet in subs] == [keys(5, 25), keys(5, 25), keys(12, 25)]
+    assert {sub.phase for sub, _ in subs} == {Phase.LIVE}
+
+
+async def test_a_replay_from_a_time_in_the_future_sends_only_what_comes_after_it() -> None:
+    oplog, hub = Oplog([entry(n) for n in range(1, 11)]), Hub()
+    store = history(oplog, hub)
+    sub, outlet = await replayed(hub, store, 1500)  # second 101.5: nothing yet
+    hub.publish(event(9))  # committed before it (second 100): held, then dropped
+    await store.join()
+    assert sub.phase is Phase.LIVE
+    assert outlet.keys == []
+
+
+async def test_a_time_older_than_the_oplog_gets_resync_and_the_others_replay() -> None:
+    oplog, hub = Oplog([entry(n) for n in range(1, 11)], oldest=1), Hub()
+    store = history(oplog, hub)
+    gone = await replayed(hub, store, -1)  # second 99: before the oldest entry
+    kept = await replayed(hub, store, 4)
+    await store.join()
+    assert gone[1].resyncs() == [protocol.ResyncReason.HISTORY_LOST]
+    assert gone[1].keys == []
+    assert kept[1].resyncs() == []
+    assert kept[1].keys == keys(4, 10)
+
+
+async def test_replays_by_time_and_resumes_by_id_read_apart() -> None:
+    oplog, hub = Oplog([entry(n) for n in range(1, 11)]), Hub()
+    store = history(oplog, hub)
+    by_id = await resumed(hub, store, 6)
+    by_time = await replayed(hub, store, 3)
+    await store.join()
+    assert set(oplog.watched) == {("c", "@(100, 0)"), ("c", token(6))}
+    assert by_id[1].keys == keys(7, 10)
+    assert by_time[1].keys == keys(3, 10)

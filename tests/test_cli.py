@@ -168,6 +168,13 @@ def test_every_argument_and_option_has_help() -> None:
     (("put", "orders", "[1]"), "the document must be a JSON object"),
     (("get", "orders", "--filter", "{x"), "--filter is not valid JSON"),
     (("tail", "orders", "--filter", "[1"), "--filter is not valid JSON"),
+    (("tail", "orders", "--since-time", "9am"), "--since-time is not an RFC 3339 timestamp"),
+    (("tail", "orders", "--fields", "a,$b"), "--fields '$b' is not a field path"),
+    (("tail", "orders", "--aggregate", '{"count": 1}'), "--aggregate: 'count' must be true"),
+    (("tail", "orders", "--aggregate", '{"count": true}', "--snapshot"),
+     "--aggregate excludes"),
+    (("tail", "orders", "--since-time", "2026-01-01T09:00:00Z", "--snapshot"),
+     "--since-time excludes --since and --snapshot"),
     (("rm", "orders"), "Missing argument"),
     (("ls", "--token", "é"), "--token"),
     (("nope",), "No such command 'nope'"),
@@ -574,6 +581,66 @@ async def test_tail_snapshot_since_and_sigterm(live: LiveServer,
     tail = await start_tail("items", "--json", "--since", change["id"], "--url", live.url)
     try:
         assert (await tail.json())["key"] == "i4"
+    finally:
+        await stop(tail)
+
+
+async def test_tail_since_time_replays_then_follows(live: LiveServer,
+                                                   http: httpx.AsyncClient) -> None:
+    tail = await start_tail("notes", "--json", "--url", live.url)
+    try:
+        await tail.status("subscribed to notes")
+        for i in range(3):
+            await http.post(DOCS.format("notes"), json={"_id": f"n{i}"})
+        seen = [await tail.json() for _ in range(3)]
+    finally:
+        await stop(tail)
+    tail = await start_tail("notes", "--json", "--since-time", seen[1]["ts"], "--url", live.url)
+    try:
+        replayed = [(await tail.json())["key"] for ch in seen if ch["ts"] >= seen[1]["ts"]]
+        assert replayed == [ch["key"] for ch in seen if ch["ts"] >= seen[1]["ts"]]
+        await http.post(DOCS.format("notes"), json={"_id": "n3"})
+        assert (await tail.json())["key"] == "n3"
+    finally:
+        await stop(tail)
+
+
+async def test_tail_fields_prints_projected_documents_and_deltas(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    tail = await start_tail("cards", "--json", "--fields", "title,meta.owner", "--url", live.url)
+    try:
+        await tail.status("subscribed to cards")
+        await http.post(DOCS.format("cards"), json={"_id": "c1", "title": "T", "body": "B",
+                                                     "meta": {"owner": "ann", "n": 1}})
+        inserted = await tail.json()
+        assert inserted["document"] == {"_id": "c1", "title": "T", "meta": {"owner": "ann"},
+                                        "_version": 1}
+        await http.patch(f"{DOCS.format('cards')}/c1", json={"body": "C"})  # nothing
+        await http.patch(f"{DOCS.format('cards')}/c1", json={"title": "U"})
+        updated = await tail.json()
+        assert (updated["op"], updated.get("document"), updated["updated"]) == (
+            "update", None, {"_version": 3, "title": "U"})
+    finally:
+        await stop(tail)
+
+
+async def test_tail_aggregate_prints_the_groups_as_they_change(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    await http.post(DOCS.format("sales"), json={"_id": "s1", "region": "eu", "amount": 5})
+    spec = '{"group_by": "region", "count": true, "sum": ["amount"], "throttle_ms": 0}'
+    tail = await start_tail("sales", "--json", "--aggregate", spec, "--url", live.url)
+    try:
+        first = await tail.json()
+        assert first == {"type": "aggregate", "full": True, "groups": [
+            {"key": {"region": "eu"}, "count": 1, "sum": {"amount": 5}}]}
+        await http.post(DOCS.format("sales"), json={"_id": "s2", "region": "eu", "amount": 2})
+        assert (await tail.json())["groups"] == [
+            {"key": {"region": "eu"}, "count": 2, "sum": {"amount": 7}}]
+    finally:
+        await stop(tail)
+    tail = await start_tail("sales", "--aggregate", spec, "--url", live.url)
+    try:
+        assert (await tail.line()).rstrip() == 'region="eu" count=2 sum.amount=7'
     finally:
         await stop(tail)
 

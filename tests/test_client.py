@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import random
 import time
@@ -17,6 +18,8 @@ from realtime.client import (
     BACKOFF_MAX,
     BACKOFF_MIN,
     WRITE_ATTEMPTS,
+    Aggregate,
+    AggregateView,
     Change,
     Client,
     ConnectError,
@@ -31,6 +34,7 @@ from realtime.client import (
     Subscription,
     SubscriptionError,
     WriteError,
+    apply_delta,
     backoff_delay,
     connect,
     http_url,
@@ -162,6 +166,24 @@ def test_live_view_rules() -> None:
     assert view.documents == {"a": {"_id": "a", "_version": 3}}
 
 
+def test_live_view_applies_the_deltas_of_a_projected_subscription() -> None:
+    view = LiveView()
+    view.apply(Snapshot([{"_id": "a", "_version": 1, "c": {"n": "x", "t": 1}, "g": 0}],
+                        head="h"))
+    change = {"collection": "c", "id": "1", "ts": ""}
+    assert view.apply(Change("update", key="a", updated={"_version": 2, "c.t": 2, "d.e": 3},
+                             removed=["g"], **change)) == "update"
+    assert view.documents["a"] == {"_id": "a", "_version": 2, "c": {"n": "x", "t": 2},
+                                   "d": {"e": 3}}
+    assert view.apply(Change("update", key="a", updated={"_version": 2, "c.t": 9},
+                             removed=[], **change)) is None  # not newer
+    assert view.apply(Change("update", key="zz", updated={"_version": 4, "x": 1},
+                             removed=[], **change)) is None  # not held: cannot apply
+    assert "zz" not in view.documents
+    with pytest.raises(ValueError, match="not an object"):
+        apply_delta({"a": 1}, {"a.b": 2}, [])
+
+
 async def test_connect_error_when_unreachable() -> None:
     with pytest.raises(ConnectError, match="cannot connect"):
         async with connect(f"http://127.0.0.1:{free_port()}", open_timeout=2):
@@ -265,6 +287,68 @@ async def test_resync_reloads_with_a_snapshot(live: LiveServer, http: httpx.Asyn
         change = await next_event(sub)
         assert isinstance(change, Change)
         assert change.key == "z"
+
+
+async def test_since_time_replays_then_resumes_by_id_across_a_reconnect(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    states = StateLog()
+    async with connect(live.url) as client, client.subscribe("log") as watch:
+        await next_event(watch)
+        for key in "abc":
+            await post(http, "log", {"_id": key})
+        seen = [await next_event(watch) for _ in range(3)]
+    ts = dt.datetime.fromisoformat(seen[1].ts.replace("Z", "+00:00"))  # b's commit
+    expected = [e.key for e in seen if e.ts >= seen[1].ts]
+    async with connect(live.url, on_state=states, delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("log", since_time=ts) as sub:
+        first = await next_event(sub)
+        assert isinstance(first, Subscribed)
+        assert first.resumed
+        replayed = [await next_event(sub) for _ in expected]
+        assert [e.key for e in replayed if isinstance(e, Change)] == expected
+        assert sub.since_time is None  # from now on it resumes by event id
+        live.app.state.services.hub.close_all(1011, "test drop")
+        await states.wait_for(ConnectionState.RECONNECTING)
+        await post(http, "log", {"_id": "d"})
+        client.reconnect_now()
+        events = await until(sub, lambda e: isinstance(e, Change))
+        assert [type(e).__name__ for e in events] == ["Subscribed", "Change"]
+        assert isinstance(events[-1], Change)
+        assert events[-1].key == "d"
+    with pytest.raises(ValueError, match="aware"):
+        async with connect(live.url) as client:
+            client.subscribe("log", since_time=dt.datetime(2026, 1, 1))
+
+
+async def test_a_live_aggregate_is_kept_and_reloaded_in_full_after_a_reconnect(
+        live: LiveServer, http: httpx.AsyncClient) -> None:
+    states = StateLog()
+    await post(http, "sales", {"_id": "a", "region": "eu", "amount": 3})
+    spec = {"group_by": "region", "count": True, "sum": ["amount"], "throttle_ms": 0}
+    async with connect(live.url, on_state=states, delay=lambda attempt: 3600.0) as client, \
+            client.subscribe("sales", aggregate=spec) as sub:
+        view = AggregateView()
+        events = await until(sub, lambda e: isinstance(e, Aggregate))
+        assert view.apply(events[-1])
+        assert list(view.groups.values()) == [
+            {"key": {"region": "eu"}, "count": 1, "sum": {"amount": 3}}]
+        await post(http, "sales", {"_id": "b", "region": "us", "amount": 4})
+        changed = await next_event(sub)
+        assert changed == Aggregate(groups=[{"key": {"region": "us"}, "count": 1,
+                                             "sum": {"amount": 4}}], full=False)
+        view.apply(changed)
+        live.app.state.services.hub.close_all(1011, "test drop")
+        await states.wait_for(ConnectionState.RECONNECTING)
+        await http.delete(f"{DOCS.format('sales')}/a")
+        client.reconnect_now()
+        events = await until(sub, lambda e: isinstance(e, Aggregate))
+        assert [type(e).__name__ for e in events] == ["Subscribed", "Aggregate"]
+        view.apply(events[-1])
+        assert list(view.groups.values()) == [
+            {"key": {"region": "us"}, "count": 1, "sum": {"amount": 4}}]
+    with pytest.raises(ValueError, match="aggregate excludes"):
+        async with connect(live.url) as client:
+            client.subscribe("sales", aggregate=spec, snapshot=True)
 
 
 async def test_subscription_errors_end_the_iteration(live: LiveServer) -> None:

@@ -118,7 +118,7 @@ async def test_a_bad_header_is_named(client: httpx.AsyncClient) -> None:
 async def test_an_unknown_query_parameter_lists_the_known_ones(
         client: httpx.AsyncClient) -> None:
     body = _bad_request(await client.get(DOCS.format("orders") + "?fitler=%7B%7D"))
-    takes = "this operation takes filter, sort, limit, after, skip"
+    takes = "this operation takes filter, sort, limit, after, skip, fields"
     assert body["detail"] == f"unknown query parameter 'fitler'; {takes}"
     assert body["invalid_params"] == [
         {"name": "fitler", "in": "query", "reason": f"unknown; {takes}"}]

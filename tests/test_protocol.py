@@ -333,7 +333,33 @@ SUBSCRIBE_ERRORS: list[tuple[bytes, str, str | None, str]] = [
     (sub_msg(since=True), "bad_since", "s1", "'since'"),
     (sub_msg(since=["ab"]), "bad_since", "s1", "'since'"),
     (sub_msg(since={"_data": "ab"}), "bad_since", "s1", "'since'"),
+    # since_time
+    (sub_msg(since_time="2026-01-01T09:00:00"), "bad_since", "s1", "'since_time'"),  # no zone
+    (sub_msg(since_time="2026-01-01"), "bad_since", "s1", "'since_time'"),
+    (sub_msg(since_time="09:00Z"), "bad_since", "s1", "'since_time'"),
+    (sub_msg(since_time="2026-02-30T09:00:00Z"), "bad_since", "s1", "not a valid date"),
+    (sub_msg(since_time="1969-12-31T23:59:59Z"), "bad_since", "s1", "1970"),
+    (sub_msg(since_time="2200-01-01T00:00:00Z"), "bad_since", "s1", "2106"),
+    (sub_msg(since_time=1767258000), "bad_since", "s1", "RFC 3339"),
+    (sub_msg(since_time=True), "bad_since", "s1", "RFC 3339"),
+    (sub_msg(since_time="2026-01-01T09:00:00Z", since="ab"), "bad_message", "s1",
+     "exclude each other"),
+    (sub_msg(since_time="2026-01-01T09:00:00Z", snapshot=True), "bad_message", "s1",
+     "'snapshot'"),
 ]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2026-01-01T09:00:00Z", "2026-01-01T09:00:00+00:00"),
+    ("2026-01-01t09:00:00.5z", "2026-01-01T09:00:00.500000+00:00"),
+    ("2026-01-01 10:30:00.123456789+01:30", "2026-01-01T09:00:00.123456+00:00"),
+])
+def test_subscribe_since_time_is_an_rfc3339_time_in_utc(value: str, expected: str) -> None:
+    message = parse_client_message(sub_msg(since_time=value))
+    assert isinstance(message, Subscribe)
+    assert message.since_time is not None
+    assert message.since_time.isoformat() == expected
+    assert parse_client_message(sub_msg(since_time=None)) == parse_client_message(sub_msg())
 
 
 @pytest.mark.parametrize(("data", "code", "sub", "needle"), SUBSCRIBE_ERRORS)

@@ -9,6 +9,7 @@ retry a no-op: ``_version`` moves by one, the caller gets its own write.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +18,7 @@ from realtime.config import Settings
 from realtime.db import Database
 from realtime.embedded import EmbeddedServer
 from realtime.errors import DuplicateKey
-from realtime.store import OP_FIELD, Store
+from realtime.store import OP_FIELD, OpIds, Store
 from tests.helpers import WireProxy, wire_proxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -170,3 +171,13 @@ async def test_if_match_keeps_its_412_for_another_operation(direct: Store) -> No
         await direct.delete("docs", "a", if_match=1)
 
 
+
+
+@pytest.mark.driver_blind
+def test_op_ids_are_random_url_safe_and_distinct() -> None:
+    """Operation ids read in blocks: 16 URL-safe characters, none repeated across blocks."""
+    ids = OpIds()
+    many = [ids.new() for _ in range(3 * OpIds.BLOCK + 5)]
+    assert len(set(many)) == len(many)
+    assert all(len(op) == 16 and re.fullmatch(r"[A-Za-z0-9_-]{16}", op) for op in many)
+    assert many[:5] != [OpIds().new() for _ in range(5)]  # another pool, other ids

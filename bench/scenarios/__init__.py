@@ -14,7 +14,18 @@ from typing import Any
 
 from bench.harness import Options
 from bench.report import Renderer
-from bench.scenarios import drivers, fanout, filters, idle, latency, naive, scaleout, storm
+from bench.scenarios import (
+    aggregates,
+    drivers,
+    fanout,
+    filters,
+    idle,
+    ingest,
+    latency,
+    naive,
+    scaleout,
+    storm,
+)
 
 __all__ = ["SCENARIOS", "Scenario", "renderers"]
 
@@ -38,6 +49,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              fanout.run, fanout.RENDER),
     Scenario("filters", "distinct range filters: matching cost and event rate",
              filters.run, filters.RENDER),
+    Scenario("ingest", "events/s one process's feed takes and matches (recorded events)",
+             ingest.run, ingest.RENDER),
     Scenario("idle", "idle subscribers: memory, subscribe time, heartbeat CPU",
              idle.run, idle.RENDER),
     Scenario("naive", "vs one change stream per WebSocket (bench/naive_server.py)",
@@ -46,6 +59,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              drivers.run, drivers.RENDER),
     Scenario("storm", "N clients resume with one since after a server restart",
              storm.run, storm.RENDER),
+    Scenario("aggregates", "live aggregates and projections vs plain: CPU, latency, bytes",
+             aggregates.run, aggregates.RENDER),
     Scenario("scaleout", "1..4 edges by tenant over NATS JetStream vs every edge reading all",
              scaleout.run, scaleout.RENDER),
 )}

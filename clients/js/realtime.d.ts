@@ -54,9 +54,14 @@ export interface ChangeEvent<D = Document> {
   collection: string;
   /** The document's `_id`. */
   key: unknown;
-  /** The document after the change; absent for `delete` and `leave`. */
+  /**
+   * The document after the change (only the subscription's `fields`, if it has
+   * some); absent for `delete` and `leave`, and for an `update` of a subscription
+   * with `fields` whose document the client holds (then `updated`/`removed` carry
+   * the changed projected fields only).
+   */
   document?: D;
-  /** For an `update`: the fields it set. */
+  /** For an `update`: the fields it set (dotted paths). */
   updated?: Record<string, unknown>;
   /** For an `update`: the fields it removed. */
   removed?: string[];
@@ -84,7 +89,15 @@ export type SubscriptionEvent<D = Document> =
   | SnapshotEvent<D>
   | ChangeEvent<D>
   | ResetEvent
+  | AggregateEvent
   | SubscriptionErrorEvent;
+
+/** A live aggregate's groups: all of them when `full`, else those that changed. */
+export interface AggregateEvent {
+  type: "aggregate";
+  groups: AggregateGroup[];
+  full: boolean;
+}
 
 /** What {@link applyEvent} did to the map. */
 export type ApplyResult = "reset" | "insert" | "update" | "remove" | null;
@@ -117,6 +130,7 @@ export type ServerMessage =
   | { type: "subscribed"; sub: string; head: EventId | null }
   | { type: "snapshot"; sub: string; documents: Document[]; head: EventId | null }
   | ({ sub: string } & Omit<ChangeEvent, "type"> & { type: "change" })
+  | { type: "aggregate"; sub: string; full: boolean; groups: AggregateGroup[] }
   | { type: "resync"; sub: string; reason: "history_lost" | "invalidated" | "overflow" }
   | { type: "error"; sub?: string; code: string; message: string }
   | { type: "pong"; ref?: string | number }
@@ -132,6 +146,9 @@ export type ClientMessage =
       snapshot?: boolean;
       limit?: number;
       since?: EventId;
+      since_time?: string;
+      fields?: string[];
+      aggregate?: AggregateSpec;
     }
   | { op: "unsubscribe"; sub: string }
   | { op: "ping"; ref: string }
@@ -149,6 +166,51 @@ export interface SubscribeOptions {
   limit?: number | null;
   /** Resume after this event id instead of starting now. */
   since?: EventId | null;
+  /**
+   * Replay every change committed from this time (an RFC 3339 string with a time
+   * zone, or a `Date`) from the oplog, then go live; not with `since` or `snapshot`.
+   * After the first change the subscription resumes by event id; a time the
+   * oplog no longer reaches back to gives a `reset` (`history_lost`) and a snapshot.
+   */
+  sinceTime?: string | Date | null;
+  /**
+   * Only these dotted paths of each document (`_id` and `_version` always come):
+   * snapshots, inserts and replaces carry them, an update only the changed ones,
+   * and an update that changes none of them sends nothing.
+   */
+  fields?: string[] | null;
+  /**
+   * A live aggregate instead of documents: `aggregate` events, the database's full
+   * result first (and again after every reconnect), then the changed groups, at
+   * most one message per `throttle_ms` (default 100). Not with the options above.
+   */
+  aggregate?: AggregateSpec | null;
+}
+
+/** What a live aggregate computes (docs/protocol.md, "Live aggregates"). */
+export interface AggregateSpec {
+  /** Up to 3 dotted paths; without it, one group (key `{}`). */
+  group_by?: string | string[];
+  count?: boolean;
+  sum?: string | string[];
+  avg?: string | string[];
+  min?: string | string[];
+  max?: string | string[];
+  /** Coalescing window in ms, 0 to 60000 (default 100). */
+  throttle_ms?: number;
+}
+
+/** One group of a live aggregate. */
+export interface AggregateGroup {
+  /** Each `group_by` path's value (`null` when missing). */
+  key: Record<string, unknown>;
+  /** The group has no document left (then only `key` is present). */
+  removed?: true;
+  count?: number;
+  sum?: Record<string, number>;
+  avg?: Record<string, number | null>;
+  min?: Record<string, unknown>;
+  max?: Record<string, unknown>;
 }
 
 /**
@@ -298,8 +360,9 @@ export declare function keyOf(key: unknown): string;
  * Apply one subscription event to a map of documents keyed by {@link keyOf}(`_id`):
  * a snapshot replaces everything; `insert`/`update`/`replace` of an unknown key
  * inserts; `leave`/`delete` of an unknown key does nothing; a change whose
- * `document._version` is not newer than the held one is ignored. Other events
- * change nothing (`null`).
+ * `document._version` is not newer than the held one is ignored; an `update`
+ * without a document (a subscription with `fields`) applies its delta to the
+ * held document ({@link applyDelta}). Other events change nothing (`null`).
  */
 export declare function applyEvent<D = Document>(
   docs: Map<string, D>,
@@ -330,6 +393,30 @@ export interface WriteOptions {
   /** Only if the document's `_version` is this (else 412). */
   ifVersion?: number | undefined;
 }
+
+/**
+ * A copy of `doc` with an update's delta applied: each `removed` dotted path unset,
+ * then each `updated` path set (objects created as needed). Throws a `TypeError`
+ * for a path through a value that is not an object.
+ */
+export declare function applyDelta<D = Document>(
+  doc: D,
+  updated: Record<string, unknown>,
+  removed: string[],
+): D;
+
+/**
+ * Apply an `aggregate` event to a map of groups keyed by {@link groupKey}: a `full`
+ * one replaces everything, others update the groups they name and drop the
+ * `removed` ones. Returns true if `ev` was an `aggregate` event.
+ */
+export declare function applyAggregate<D = Document>(
+  groups: Map<string, AggregateGroup>,
+  ev: SubscriptionEvent<D>,
+): boolean;
+
+/** The map key of a group's `key` as {@link applyAggregate} uses it (JSON, fields sorted). */
+export declare function groupKey(key: Record<string, unknown>): string;
 
 /** Create a {@link RealtimeClient} and, unless `autoConnect` is false, open it. */
 export declare function connect(url?: string, options?: ConnectOptions): RealtimeClient;

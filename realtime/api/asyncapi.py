@@ -40,11 +40,14 @@ ERROR_MEANINGS: Final[dict[str, str]] = {
     protocol.ErrorCode.UNKNOWN_OP: "`op` is not one the server knows",
     protocol.ErrorCode.BAD_FILTER: "the filter is not in the filter language",
     protocol.ErrorCode.BAD_COLLECTION: "the collection name is refused",
-    protocol.ErrorCode.BAD_SINCE: "`since` is not an event id",
+    protocol.ErrorCode.BAD_SINCE: "`since` is not an event id, or `since_time` not an RFC 3339 "
+                                  "timestamp (1970 to 2106)",
     protocol.ErrorCode.DUPLICATE_SUB: "`subscribe` with a `sub` already active on the "
                                       "connection",
     protocol.ErrorCode.UNKNOWN_SUB: "`unsubscribe` of a `sub` that is not active",
     protocol.ErrorCode.TOO_MANY_SUBS: "more than the per-connection subscription limit",
+    protocol.ErrorCode.TOO_MANY_GROUPS: "a live aggregate has more groups than "
+                                        "`REALTIME_AGGREGATE_MAX_GROUPS`; it has ended",
     protocol.ErrorCode.FORBIDDEN: "the credentials do not allow this",
     protocol.ErrorCode.INTERNAL: "a server-side failure",
 }
@@ -113,6 +116,35 @@ _CLIENT_FIELDS: Final[dict[str, dict[str, Any]]] = {
     "since": {"oneOf": [_EVENT_ID, {"type": "null"}],
               "description": "Resume after this event id (the last one processed, or a "
                              "`head`): no gap, no duplicate, or `resync`."},
+    "since_time": {"oneOf": [{"type": "string", "format": "date-time",
+                              "examples": ["2026-01-01T09:00:00Z"]}, {"type": "null"}],
+                   "description": "Replay every change committed at or after this RFC 3339 "
+                                  "time from the oplog, then live (no gap, no duplicate); "
+                                  "`resync` `history_lost` if the oplog no longer reaches "
+                                  "back to it. Not with `since` or `snapshot`."},
+    "fields": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": 64,
+                          "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+                         {"type": "null"}],
+               "examples": [["status", "customer.name"]],
+               "description": "Only these dotted paths of each document (`_id` and "
+                              "`_version` always come): snapshots, inserts and replaces "
+                              "carry them; an `update` of a document the client holds "
+                              "carries only the changed ones (`updated`/`removed`, no "
+                              "`document`), and nothing when none changed."},
+    "aggregate": {"oneOf": [{"type": "object", "additionalProperties": False, "properties": {
+        "group_by": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 3,
+                                                   "items": {"type": "string"}}]},
+        "count": {"type": "boolean"},
+        **{name: {"oneOf": [{"type": "string"}, {"type": "array",
+                                                 "items": {"type": "string"}}]}
+           for name in ("sum", "avg", "min", "max")},
+        "throttle_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "default": 100}}},
+        {"type": "null"}],
+        "examples": [{"group_by": "status", "count": True, "sum": ["total"]}],
+        "description": "A live aggregate instead of documents: the database's `$group` "
+                       "result first (an `aggregate` message, `full`), then the groups that "
+                       "changed, at most one message per `throttle_ms`. Not with "
+                       "`snapshot`, `limit`, `since`, `since_time` or `fields`."},
     "ref": {"oneOf": [*_REF["oneOf"], {"type": "null"}], "description": "Echoed by `pong`."},
     "token": {"type": "string", "minLength": 1,
               "description": "An API key or a JWT (docs/security.md)."},
@@ -189,6 +221,18 @@ def _server_payloads() -> dict[str, dict[str, Any]]:
             removed={"type": "array", "items": {"type": "string"},
                      "description": "An update's removed fields."},
             ts={"type": "string", "format": "date-time"}),
+        "aggregate": message(
+            "aggregate", ["sub", "full", "groups"], sub=_SUB,
+            full={"type": "boolean", "description": "True for the first message (every "
+                                                    "group); then only the changed groups."},
+            groups={"type": "array", "items": {
+                "type": "object", "required": ["key"], "properties": {
+                    "key": {"type": "object", "description": "Each `group_by` path's value "
+                                                             "(`null` when missing)."},
+                    "removed": {"const": True, "description": "The group has no document "
+                                                              "left."},
+                    "count": {"type": "integer"},
+                    **{name: {"type": "object"} for name in ("sum", "avg", "min", "max")}}}}),
         "resync": message(
             "resync", ["sub", "reason"], sub=_SUB,
             reason={"oneOf": [{"const": str(reason), "description": RESYNC_MEANINGS[reason]}
@@ -224,6 +268,7 @@ _SERVER_SUMMARIES: Final[dict[str, str]] = {
     "subscribed": "A subscription is registered; `head` is where it is live from.",
     "snapshot": "The documents matching the filter when the subscription started.",
     "change": "A change to a document the subscription can see.",
+    "aggregate": "A live aggregate's groups: all of them first, then those that changed.",
     "resync": "The subscription missed changes it cannot replay: reload it.",
     "error": "A client message was refused; the connection keeps working.",
     "pong": "The answer to `ping`.",
@@ -242,6 +287,9 @@ _SERVER_EXAMPLES: Final[dict[str, dict[str, Any]]] = {
                "document": {"_id": "o1", "status": "paid", "_version": 2},
                "updated": {"status": "paid", "_version": 2}, "removed": [],
                "ts": "2026-01-01T00:00:00.000Z"},
+    "aggregate": {"type": "aggregate", "sub": "s2", "full": False, "groups": [
+        {"key": {"status": "open"}, "count": 12, "sum": {"total": 310.5}},
+        {"key": {"status": "new"}, "removed": True}]},
     "resync": {"type": "resync", "sub": "s1", "reason": "history_lost"},
     "error": {"type": "error", "sub": "s1", "code": "bad_filter",
               "message": "unknown operator '$where'"},
@@ -251,7 +299,7 @@ _SERVER_EXAMPLES: Final[dict[str, dict[str, Any]]] = {
 }
 #: The server messages a client message may be answered with.
 _REPLIES: Final[dict[str, list[str]]] = {
-    "subscribe": ["subscribed", "snapshot", "error"],
+    "subscribe": ["subscribed", "snapshot", "aggregate", "error"],
     "unsubscribe": ["error"],
     "ping": ["pong"],
     "auth": ["authenticated", "welcome"],

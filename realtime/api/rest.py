@@ -27,11 +27,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from realtime import query
+from realtime import protocol, query
 from realtime.api.deps import (
     CollectionPath,
     PrincipalDep,
     ReaderDep,
+    ServicesDep,
     SettingsDep,
     StoreDep,
     WriterDep,
@@ -57,6 +58,7 @@ from realtime.idempotency import (
     record_id,
 )
 from realtime.paging import parse_sort
+from realtime.projection import Projection, check_fields
 from realtime.store import (
     MAX_BULK,
     MAX_ID_LENGTH,
@@ -66,6 +68,7 @@ from realtime.store import (
     check_id,
     version_of,
 )
+from realtime.subscription import Subscription
 
 __all__ = ["REPLAYED", "SCHEMAS", "parse_if_match", "read_body", "read_json", "router"]
 
@@ -159,6 +162,8 @@ _WHY: dict[int, str] = {
     404: "No such document, or the collection is not exposed.",
     409: "A document with this `_id` already exists (or it kept changing: retry), or a "
          "request with the same `Idempotency-Key` is still being processed.",
+    410: "The oplog no longer holds `since`, or no longer reaches back to `since_time`: "
+         "reload the documents (a list) and follow the changes from now.",
     412: "`If-Match` did not match the document's current version.",
     413: "The body is over the size limit.",
     415: "The body is not JSON.",
@@ -535,6 +540,27 @@ async def insert_documents(collection: CollectionPath, request: Request, store: 
     return await _once(request, principal, idempotency_key, raw, run)
 
 
+FieldsQuery = Annotated[str | None, Query(
+    alias="fields", max_length=4096,
+    description="Comma-separated dotted paths to include, e.g. `status,customer.name`; "
+                "`_id` and `_version` always come.")]
+
+
+def _projection(text: str | None) -> Projection | None:
+    """The ``fields`` query parameter as a :class:`Projection` (None if absent).
+
+    Raises:
+        BadRequest: not a list of field paths (400).
+    """
+    if text is None:
+        return None
+    try:
+        return Projection(check_fields([p.strip() for p in text.split(",")]))
+    except ValueError as exc:
+        raise BadRequest(f"fields {exc}", invalid_params=[
+            {"name": "fields", "in": "query", "reason": str(exc)}]) from None
+
+
 FilterQuery = Annotated[str | None, Query(
     alias="filter", max_length=65_536,
     description='A JSON filter, e.g. `{"status":"open","n":{"$gte":3}}`.')]
@@ -573,9 +599,14 @@ async def list_documents(
     after: Annotated[str | None, Query(
         max_length=16_384, description="The previous page's `next`.")] = None,
     skip: Annotated[int, Query(ge=0, le=10_000_000, description="Documents to skip.")] = 0,
+    fields: FieldsQuery = None,
 ) -> Response:
-    """One page of documents, streamed; ``next`` continues after its last document."""
+    """One page of documents, streamed; ``next`` continues after its last document.
+
+    With ``fields``, each document carries only those fields (and ``_id``, ``_version``).
+    """
     store.check_collection(collection)
+    projection = _projection(fields)
     page = await store.list(collection, filter=_mongo_filter(filter_), sort=parse_sort(sort),
                             limit=limit, after=after, skip=skip, tenant=principal.tenant)
 
@@ -587,7 +618,7 @@ async def list_documents(
                 if not first:
                     buf += b","
                 first = False
-                buf += dumps(doc)
+                buf += dumps(doc if projection is None else projection.apply(doc))
                 if len(buf) >= _STREAM_CHUNK:
                     yield bytes(buf)
                     buf.clear()
@@ -597,6 +628,100 @@ async def list_documents(
             await page.aclose()
 
     return StreamingResponse(body(), media_type=JSON)
+
+
+_CHANGES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "changes": {"type": "array", "items": {
+            "type": "object",
+            "description": "A `change` message of the WebSocket protocol without `type` and "
+                           "`sub` (docs/protocol.md); `op` `drop`, `rename`, "
+                           "`dropDatabase` or `invalidate` ends the collection's history.",
+            "properties": {"op": {"type": "string"}, "id": {"type": "string"},
+                           "collection": {"type": "string"}, "key": {},
+                           "document": {"type": "object"}, "updated": {"type": "object"},
+                           "removed": {"type": "array", "items": {"type": "string"}},
+                           "ts": {"type": "string"}},
+            "required": ["op", "id", "collection", "ts"]}},
+        "next": {"type": ["string", "null"],
+                 "description": "An event id: pass it as `since` for the next page (or "
+                                "as a WebSocket subscription's `since` to go live)."},
+    },
+    "required": ["changes", "next"],
+}
+
+
+class _Nowhere:
+    """The outlet of a subscription that only decides (the REST changes feed)."""
+
+    max_backlog = 0
+    backlog = 0
+
+    def send(self, message: str) -> None:
+        """Nothing is sent."""
+
+    def send_shared(self, message: str, frame: bytes) -> None:
+        """Nothing is sent."""
+
+    def send_change(self, ev: Any, prefix: str, op: str) -> None:
+        """Nothing is sent."""
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Nothing to close."""
+
+
+@router.get(
+    "/collections/{collection}/changes",
+    summary="Changes since an event id or a point in time (pages)",
+    responses={**_ok(200, "A page of changes, oldest first.", _CHANGES_SCHEMA),
+               **_problems(400, 404, 410)},
+)
+async def list_changes(
+    collection: CollectionPath,
+    store: StoreDep,
+    services: ServicesDep,
+    principal: ReaderDep,
+    since_time: Annotated[str | None, Query(
+        max_length=64, description="RFC 3339: changes committed at or after this time, "
+                                   "e.g. `2026-01-01T09:00:00Z`.")] = None,
+    since: Annotated[str | None, Query(
+        max_length=protocol.MAX_SINCE_LENGTH, pattern="^[0-9A-Fa-f]+$",
+        description="An event id (a previous page's `next`): changes after it.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = 100,
+    filter_: FilterQuery = None,
+    fields: FieldsQuery = None,
+) -> Response:
+    """Past changes from the oplog, as a subscription with ``filter`` (and ``fields``)
+    would have seen them.
+
+    Give ``since_time`` for the first page, then ``since`` = the previous ``next``.
+    """
+    store.check_collection(collection)
+    if (since is None) == (since_time is None):
+        raise BadRequest("give one of since_time (RFC 3339) or since (an event id)",
+                         invalid_params=[{"name": "since_time", "in": "query",
+                                          "reason": "exactly one of since_time and since"}])
+    when = None
+    if since_time is not None:
+        try:
+            when = protocol.parse_time(since_time)
+        except ValueError as exc:
+            raise BadRequest(f"since_time is {exc}", invalid_params=[
+                {"name": "since_time", "in": "query", "reason": str(exc)}]) from None
+    raw_filter: dict[str, Any] = {}
+    if filter_ is not None:
+        _mongo_filter(filter_)  # 400 for a bad one
+        raw_filter = query.validate(loads(filter_))
+    tenant = principal.tenant
+    projection = _projection(fields)
+    viewer = (Subscription(_Nowhere(), "", collection, raw_filter, projection=projection)
+              if tenant is None
+              else Subscription(_Nowhere(), "", collection, tenant.restrict(raw_filter),
+                                owner=tenant, projection=projection))
+    page = await services.history.page(viewer, since=since, when=when, limit=limit)
+    body = '{"changes":[' + ",".join(page.changes) + '],"next":' + dumps(page.next).decode() + "}"
+    return Response(body, media_type=JSON)
 
 
 @router.get(

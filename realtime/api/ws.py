@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, WebSocket
 
 from realtime import __version__, protocol
+from realtime.aggregate import AggregateState
 from realtime.api.deps import get_services
 from realtime.auth import (
     ANONYMOUS,
@@ -137,11 +138,16 @@ async def _subscribe(services: Services, conn: Outbox, msg: protocol.Subscribe,
                                         msg.sub))
         return
     tenant = principal.tenant
-    sub = (Subscription(conn, msg.sub, msg.collection, msg.filter) if tenant is None
+    projection = None if msg.fields is None else hub.projection(msg.fields)
+    aggregate = (None if msg.aggregate is None
+                 else AggregateState(msg.aggregate, settings.aggregate_max_groups))
+    sub = (Subscription(conn, msg.sub, msg.collection, msg.filter, projection=projection,
+                        aggregate=aggregate)
+           if tenant is None
            else Subscription(conn, msg.sub, msg.collection, tenant.restrict(msg.filter),
-                             owner=tenant))
+                             owner=tenant, projection=projection, aggregate=aggregate))
     await hub.start(sub, services.history, since=msg.since, snapshot=msg.snapshot,
-                    limit=msg.limit)
+                    limit=msg.limit, since_time=msg.since_time)
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str,

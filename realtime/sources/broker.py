@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -35,8 +36,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from realtime import stream
+from realtime.aggregate import AggregateSpec
 from realtime.backoff import Backoff
-from realtime.catchup import DatabaseHistory
+from realtime.catchup import ChangePage, DatabaseHistory
 from realtime.config import Settings
 from realtime.db import decode_change, token_order, token_time
 from realtime.events import STREAM_OPS, normalise
@@ -444,6 +446,28 @@ class BrokerHistory:
             DatabaseUnavailable: the database cannot be reached.
         """
         return await self._database.snapshot(collection, filter, limit)
+
+    async def aggregate(self, collection: str, filter: Mapping[str, Any], spec: AggregateSpec,
+                        max_groups: int) -> tuple[list[dict[str, Any]], Cluster | None]:
+        """The database's aggregate (see :meth:`DatabaseHistory.aggregate`).
+
+        Raises:
+            RealtimeError: the read failed.
+        """
+        return await self._database.aggregate(collection, filter, spec, max_groups)
+
+    def replay_from(self, subscription: Subscription, when: dt.datetime) -> None:
+        """Replay the oplog from ``when`` (the database's, as in the single-process mode)."""
+        self._database.replay_from(subscription, when)
+
+    async def page(self, viewer: Subscription, *, since: str | None = None,
+                   when: dt.datetime | None = None, limit: int = 100) -> ChangePage:
+        """The REST changes feed, read from the database's oplog.
+
+        Raises:
+            RealtimeError: as :meth:`DatabaseHistory.page`.
+        """
+        return await self._database.page(viewer, since=since, when=when, limit=limit)
 
     def next_poll(self) -> int:
         """Two ticks from now: a tick read then was made after the snapshot's read began."""

@@ -15,7 +15,7 @@
 // With authentication on (REALTIME_AUTH=apikey|jwt) it asks for an API key or
 // token when the server wants one (a REST 401, a WebSocket close 4401/4403).
 
-import { connect, keyOf } from "/static/realtime.js";
+import { applyAggregate, applyDelta, connect, groupKey, keyOf } from "/static/realtime.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_LOG = 200;
@@ -49,7 +49,18 @@ const ui = {
   select: $("collection-select"),
   newName: $("collection-new"),
   filter: $("filter"),
+  fields: $("fields"),
+  picker: $("field-picker"),
+  replayFrom: $("replay-from"),
   watchError: $("watch-error"),
+  aggForm: $("agg-form"),
+  aggGroup: $("agg-group"),
+  aggOp: $("agg-op"),
+  aggField: $("agg-field"),
+  aggStop: $("agg-stop"),
+  aggError: $("agg-error"),
+  aggCaption: $("agg-caption"),
+  aggChart: $("agg-chart"),
   caption: $("docs-caption"),
   quick: $("quick"),
   loadMore: $("load-more"),
@@ -268,7 +279,7 @@ async function reload() {
   await loadCollections();
   if (run !== reloads || authNeeded) return;
   client.open();
-  if (watching) watch(watching.collection, watching.filter, watching.filterText);
+  if (watching) watch(watching.collection, watching.filter, watching.filterText, watching.fields);
 }
 
 ui.authForm.addEventListener("submit", (e) => {
@@ -873,7 +884,10 @@ function render() {
   frame = 0;
   const columnsChanged = updateColumns();
   updateView();
-  if (columnsChanged) renderHead(); // widths from the updated view
+  if (columnsChanged) {
+    renderHead(); // widths from the updated view
+    renderPicker();
+  }
   const watchingSomething = watching !== null;
   ui.table.hidden = !watchingSomething || columns.length === 0;
   renderRows();
@@ -910,7 +924,10 @@ function updateCaption() {
   const loaded = model.docs.size;
   const total = paging.snapshotPending ? null : displayTotal();
   let text = `${watching.collection}${watching.filterText ? ` ${watching.filterText}` : ""} · `;
-  if (paging.snapshotPending) text += "loading the first page…";
+  if (watching.fields) text += `fields ${watching.fields.join(", ")} · `;
+  if (watching.since) {
+    text += `changed since ${watching.since.toLocaleString()} · ${fmt.format(loaded)} shown`;
+  } else if (paging.snapshotPending) text += "loading the first page…";
   else if (total === null) text += `${fmt.format(loaded)} loaded (counting…)`;
   else text += `${fmt.format(loaded)} of ${fmt.format(total)} loaded`;
   if (query) text += ` · ${fmt.format(view.length)} match “${ui.quick.value.trim()}”`;
@@ -965,6 +982,7 @@ const paging = {
 function docsUrl(extra = "", params = {}) {
   const q = new URLSearchParams(params);
   if (watching.filterText) q.set("filter", JSON.stringify(watching.filter));
+  if (watching.fields) q.set("fields", watching.fields.join(","));
   const qs = q.toString();
   return `/api/collections/${encodeURIComponent(watching.collection)}/documents${extra}${qs ? `?${qs}` : ""}`;
 }
@@ -1458,9 +1476,15 @@ function flash(k, kind) {
 /** Apply a change event to the model; returns "insert" | "update" | "remove" | null. */
 function applyChange(k, ev) {
   if (ev.op === "leave" || ev.op === "delete") return model.remove(k) ? "remove" : null;
-  const doc = ev.document;
-  if (!doc) return null;
   const held = model.docs.get(k);
+  let doc = ev.document;
+  if (!doc && ev.updated && held !== undefined) {
+    // A subscription with fields: an update carries the changed fields only.
+    if (typeof ev.updated._version === "number" && typeof held._version === "number" &&
+        ev.updated._version <= held._version) return null;
+    doc = applyDelta(held, ev.updated, ev.removed ?? []);
+  }
+  if (!doc) return null;
   if (held !== undefined && typeof doc._version === "number" &&
       typeof held._version === "number" && doc._version <= held._version) {
     return null;
@@ -1508,7 +1532,8 @@ function onEvent(ev) {
         else if (had && what === "remove") paging.delta -= 1;
         if (!had) scheduleRecount(); // a change of a document not loaded: count again
       }
-      logLine(ev.op, `${cellText(ev.key)}${ev.document ? ` v${ev.document._version ?? "?"}` : ""}`);
+      const version = ev.document?._version ?? ev.updated?._version;
+      logLine(ev.op, `${cellText(ev.key)}${version !== undefined ? ` v${version}` : ""}`);
       schedule();
       return;
     }
@@ -1520,25 +1545,197 @@ function onEvent(ev) {
   }
 }
 
-function watch(collection, filter, filterText) {
+function watch(collection, filter, filterText, fields = null, since = null) {
   if (unsubscribe) unsubscribe();
-  watching = { collection, filter, filterText };
+  if (watching?.collection !== collection) knownFields.clear();
+  watching = { collection, filter, filterText, fields, since };
   model.reset([]);
-  resetPaging(null);
+  resetPaging(since ? [] : null);
   viewDirty = true;
   activeKey = null;
   activeIndex = -1;
   closeInspector(false);
   scrollTo(0);
   ui.table.dataset.collection = collection;
-  logLine("watch", `${collection}${filterText ? ` ${filterText}` : ""}`);
-  unsubscribe = client.subscribe(collection, { filter, snapshot: true, limit: SNAPSHOT_LIMIT },
-    onEvent);
+  const extra = `${fields ? ` fields ${fields.join(",")}` : ""}${since ? ` since ${since.toISOString()}` : ""}`;
+  logLine("watch", `${collection}${filterText ? ` ${filterText}` : ""}${extra}`);
+  const options = since
+    ? { filter, sinceTime: since } // the changes since then (no snapshot), then live
+    : { filter, snapshot: true, limit: SNAPSHOT_LIMIT };
+  if (fields) options.fields = fields;
+  unsubscribe = client.subscribe(collection, options, onEvent);
   const params = new URLSearchParams({ collection });
   if (filterText) params.set("filter", filterText);
+  if (fields) params.set("fields", fields.join(","));
   history.replaceState(null, "", `${location.search}#${params}`);
+  if (aggregate) stopAggregate();
   schedule();
 }
+
+// ------------------------------------------------------------- field picker
+// Checkboxes of the fields seen in the watched collection (kept across
+// re-watches of it, so a projection does not hide the others); ticking one
+// edits the Fields input, which the next Watch uses.
+
+const knownFields = new Set();
+let pickerSig = "";
+
+function parseFields(text) {
+  const fields = text.split(",").map((f) => f.trim()).filter(Boolean);
+  for (const f of fields) {
+    if (f.split(".").some((name) => !name || name.startsWith("$"))) {
+      throw new Error(`${JSON.stringify(f)} is not a field path (dotted names, none starting with $)`);
+    }
+  }
+  return fields.length ? fields : null;
+}
+
+function renderPicker() {
+  for (const field of model.fields.keys()) knownFields.add(field);
+  const fields = [...knownFields].sort().slice(0, 40);
+  const sig = fields.join("\u0000");
+  if (sig === pickerSig) return;
+  pickerSig = sig;
+  let chosen;
+  try {
+    chosen = new Set(parseFields(ui.fields.value) ?? []);
+  } catch {
+    chosen = new Set();
+  }
+  ui.picker.replaceChildren(ui.picker.firstElementChild, ...fields.map((field) => {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = field;
+    box.checked = chosen.has(field);
+    box.dataset.field = field;
+    label.append(box, field);
+    return label;
+  }));
+  ui.picker.hidden = fields.length === 0;
+}
+
+ui.picker.addEventListener("change", (e) => {
+  const box = e.target.closest("input[type=checkbox]");
+  if (!box) return;
+  let chosen;
+  try {
+    chosen = parseFields(ui.fields.value) ?? [];
+  } catch {
+    chosen = [];
+  }
+  chosen = chosen.filter((f) => f !== box.value);
+  if (box.checked) chosen.push(box.value);
+  ui.fields.value = chosen.join(", ");
+});
+
+// --------------------------------------------------------------- live aggregate
+// A bar per group, updated in place: each group keeps its row (keyed by
+// groupKey), whose label, value and bar width change as `aggregate` events come.
+
+let aggregate = null; // {stop, groups: Map, rows: Map, op, field, groupBy}
+
+function aggregateValue(group) {
+  const { op, field } = aggregate;
+  return op === "count" ? group.count : group[op]?.[field];
+}
+
+function renderAggregate() {
+  if (!aggregate) return;
+  const { groups, rows, groupBy } = aggregate;
+  for (const [k, rowEl] of rows) {
+    if (!groups.has(k)) {
+      rowEl.remove();
+      rows.delete(k);
+    }
+  }
+  const values = [...groups.values()].map(aggregateValue);
+  const numbers = values.filter((v) => typeof v === "number" && Number.isFinite(v));
+  const max = Math.max(0, ...numbers.map(Math.abs));
+  const entries = [...groups.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  let previous = null;
+  for (const [k, group] of entries) {
+    let rowEl = rows.get(k);
+    if (!rowEl) {
+      rowEl = document.createElement("li");
+      rowEl.className = "bar-row";
+      rowEl.dataset.key = k;
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      bar.append(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      rowEl.append(label, bar, value);
+      rows.set(k, rowEl);
+    }
+    const labelText = groupBy ? cellText(group.key[groupBy]) : "(all)";
+    const value = aggregateValue(group);
+    const valueText = typeof value === "number" ? fmt.format(value) : cellText(value);
+    const [label, bar, valueEl] = rowEl.children;
+    if (label.textContent !== labelText) label.textContent = labelText;
+    if (valueEl.textContent !== valueText) valueEl.textContent = valueText;
+    rowEl.dataset.value = String(value);
+    const pct = typeof value === "number" && max > 0 ? (Math.abs(value) / max) * 100 : 0;
+    bar.firstChild.style.width = `${pct.toFixed(2)}%`;
+    // In key order; a row already in place is not moved (no re-layout, no flicker).
+    const expected = previous ? previous.nextSibling : ui.aggChart.firstChild;
+    if (expected !== rowEl) ui.aggChart.insertBefore(rowEl, expected);
+    previous = rowEl;
+  }
+  ui.aggCaption.textContent = `${aggregate.describe} · ${fmt.format(groups.size)} group${groups.size === 1 ? "" : "s"}`;
+  ui.aggCaption.dataset.groups = String(groups.size);
+}
+
+function stopAggregate() {
+  if (!aggregate) return;
+  aggregate.stop();
+  aggregate = null;
+  ui.aggChart.replaceChildren();
+  ui.aggCaption.textContent = "";
+  delete ui.aggCaption.dataset.groups;
+  ui.aggStop.hidden = true;
+}
+
+ui.aggForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  ui.aggError.textContent = "";
+  if (!watching) {
+    ui.aggError.textContent = "Watch a collection first.";
+    return;
+  }
+  const groupBy = ui.aggGroup.value.trim();
+  const op = ui.aggOp.value;
+  const field = ui.aggField.value.trim();
+  if (op !== "count" && !field) {
+    ui.aggError.textContent = `Give the field to compute the ${op} of.`;
+    return;
+  }
+  stopAggregate();
+  const spec = { count: true, throttle_ms: 100 };
+  if (groupBy) spec.group_by = groupBy;
+  if (op !== "count") spec[op] = [field];
+  const describe = `${op === "count" ? "count" : `${op} of ${field}`}${groupBy ? ` by ${groupBy}` : ""}`;
+  const state = { groups: new Map(), rows: new Map(), op, field, groupBy, describe, stop: null };
+  aggregate = state;
+  state.stop = client.subscribe(watching.collection, { filter: watching.filter, aggregate: spec }, (ev) => {
+    if (aggregate !== state) return;
+    if (ev.type === "error") {
+      ui.aggError.textContent = ev.message;
+      logLine("error", `aggregate ${ev.code}: ${ev.message}`);
+      return;
+    }
+    if (applyAggregate(state.groups, ev)) renderAggregate();
+  });
+  ui.aggStop.hidden = false;
+  logLine("watch", `aggregate ${describe}`);
+});
+
+ui.aggStop.addEventListener("click", stopAggregate);
 
 ui.watchForm.addEventListener("submit", (e) => {
   e.preventDefault();
@@ -1551,6 +1748,21 @@ ui.watchForm.addEventListener("submit", (e) => {
   if (!/^[A-Za-z][A-Za-z0-9_-]{0,63}$/.test(collection)) {
     ui.watchError.textContent = "A collection name is a letter then up to 63 letters, digits, _ or -.";
     return;
+  }
+  let fields = null;
+  try {
+    fields = parseFields(ui.fields.value);
+  } catch (err) {
+    ui.watchError.textContent = `Fields: ${err.message}`;
+    return;
+  }
+  let since = null;
+  if (ui.replayFrom.value) {
+    since = new Date(ui.replayFrom.value); // the browser's local time
+    if (Number.isNaN(since.getTime())) {
+      ui.watchError.textContent = "Replay from: not a date and time.";
+      return;
+    }
   }
   const filterText = ui.filter.value.trim();
   let filter = null;
@@ -1566,7 +1778,7 @@ ui.watchForm.addEventListener("submit", (e) => {
       return;
     }
   }
-  watch(collection, filter, filterText);
+  watch(collection, filter, filterText, fields, since);
 });
 
 ui.select.addEventListener("change", () => {
@@ -1664,6 +1876,7 @@ ui.editor.addEventListener("submit", async (e) => {
     if (collections.includes(collection)) ui.select.value = collection;
     else ui.newName.value = collection;
     ui.filter.value = params.get("filter") ?? "";
+    ui.fields.value = params.get("fields") ?? "";
     ui.watchForm.requestSubmit();
   }
   schedule();

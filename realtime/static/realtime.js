@@ -164,14 +164,106 @@ export function applyEvent(docs, ev) {
     return docs.delete(k) ? "remove" : null;
   }
   const held = docs.get(k);
-  const version = ev.document?._version;
+  const version = ev.document ? ev.document._version : ev.updated?._version;
   if (held && typeof version === "number" && typeof held._version === "number" &&
       version <= held._version) {
     return null;
   }
-  if (!ev.document) return null;
+  if (!ev.document) {
+    // A projected subscription's update: the changed fields only.
+    if (!held || !ev.updated) return null;
+    docs.set(k, applyDelta(held, ev.updated, ev.removed ?? []));
+    return "update";
+  }
   docs.set(k, ev.document);
   return held ? "update" : "insert";
+}
+
+/**
+ * A copy of `doc` with an update's delta applied: each `removed` dotted path
+ * unset, then each `updated` path set (objects created as needed). What
+ * {@link applyEvent} does with the `update` of a subscription with `fields`.
+ * @param {object} doc
+ * @param {Record<string, unknown>} updated
+ * @param {string[]} removed
+ * @returns {object}
+ */
+export function applyDelta(doc, updated, removed) {
+  const copy = (value) => {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) {
+      out[k] = v !== null && typeof v === "object" && !Array.isArray(v) ? copy(v) : v;
+    }
+    return out;
+  };
+  const out = copy(doc);
+  for (const path of removed) {
+    const names = path.split(".");
+    const last = names.pop();
+    let node = out;
+    for (const name of names) node = node !== null && typeof node === "object" ? node[name] : undefined;
+    if (node !== null && typeof node === "object" && !Array.isArray(node)) delete node[last];
+  }
+  for (const [path, value] of Object.entries(updated)) {
+    const names = path.split(".");
+    const last = names.pop();
+    let node = out;
+    for (const name of names) {
+      if (!(name in node)) node[name] = {};
+      node = node[name];
+      if (node === null || typeof node !== "object" || Array.isArray(node)) {
+        throw new TypeError(`${path} goes through a value that is not an object`);
+      }
+    }
+    node[last] = value;
+  }
+  return out;
+}
+
+/**
+ * Apply an `aggregate` event to a map of groups keyed by the JSON of their `key`:
+ * a `full` one replaces everything, others update the groups they name and drop
+ * the `removed` ones. Returns true if it was an `aggregate` event.
+ * @param {Map<string, object>} groups
+ * @param {object} ev
+ * @returns {boolean}
+ */
+export function applyAggregate(groups, ev) {
+  if (ev.type !== "aggregate") return false;
+  if (ev.full) groups.clear();
+  for (const group of ev.groups) {
+    const k = groupKey(group.key);
+    if (group.removed) groups.delete(k);
+    else groups.set(k, group);
+  }
+  return true;
+}
+
+/**
+ * The map key of a group as {@link applyAggregate} uses it: its `key` as JSON,
+ * object fields sorted.
+ * @param {object} key
+ * @returns {string}
+ */
+export function groupKey(key) {
+  const sorted = (v) => (v !== null && typeof v === "object" && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted(v[k])]))
+    : Array.isArray(v) ? v.map(sorted) : v);
+  return JSON.stringify(sorted(key ?? {}));
+}
+
+/**
+ * `sinceTime` as the protocol sends it (RFC 3339), or null.
+ * @param {string|Date|undefined|null} value
+ * @returns {string|null}
+ */
+function sinceTimeOf(value) {
+  if (value === undefined || value === null) return null;
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) throw new TypeError("sinceTime is an invalid Date");
+    return value.toISOString();
+  }
+  return String(value);
 }
 
 /**
@@ -189,6 +281,14 @@ export function keyOf(key) {
  * @property {boolean} [snapshot] start with the matching documents (a `snapshot` event)
  * @property {number} [limit] most documents in a snapshot (server default 100)
  * @property {string} [since] resume after this event id instead of starting now
+ * @property {object} [aggregate] a live aggregate instead of documents, e.g.
+ *   `{group_by: "status", count: true, sum: ["total"], throttle_ms: 100}`:
+ *   `aggregate` events (the full result first, then the changed groups)
+ * @property {string[]} [fields] only these dotted paths of each document (`_id`
+ *   and `_version` always come); an update carries only the changed ones
+ * @property {string|Date} [sinceTime] replay every change committed from this time
+ *   (an RFC 3339 string or a Date) from the oplog, then go live; not with
+ *   `since` or `snapshot`
  */
 
 /**
@@ -358,6 +458,9 @@ export class RealtimeClient {
       snapshot: Boolean(options?.snapshot),
       limit: options?.limit ?? null,
       since: options?.since ?? null,
+      sinceTime: sinceTimeOf(options?.sinceTime),
+      fields: options?.fields ?? null,
+      aggregate: options?.aggregate ?? null,
       onEvent,
       wire: null,
       awaitingSnapshot: false,
@@ -621,9 +724,24 @@ export class RealtimeClient {
     const wire = `s${this._nextSub++}`;
     const msg = { op: "subscribe", sub: wire, collection: sub.collection };
     if (sub.filter && Object.keys(sub.filter).length) msg.filter = sub.filter;
+    if (sub.aggregate !== null) {
+      msg.aggregate = sub.aggregate;
+      sub.awaitingSnapshot = false;
+      sub.resumed = false;
+      sub.reload = reload;
+      sub.wire = wire;
+      this._wire.set(wire, sub);
+      this._send(msg);
+      return;
+    }
     if (sub.limit !== null) msg.limit = sub.limit;
+    if (sub.fields !== null) msg.fields = sub.fields;
     if (sub.since !== null) {
       msg.since = sub.since;
+      sub.awaitingSnapshot = false;
+      sub.resumed = true;
+    } else if (sub.sinceTime !== null) {
+      msg.since_time = sub.sinceTime;
       sub.awaitingSnapshot = false;
       sub.resumed = true;
     } else {
@@ -656,7 +774,8 @@ export class RealtimeClient {
         this._setState("open", { welcome: msg });
         this._startWatchdog(msg.heartbeat);
         for (const sub of this._subs) {
-          if (sub.since === null && sub.everSubscribed) {
+          if (sub.since === null && sub.sinceTime === null && sub.aggregate === null &&
+              sub.everSubscribed) {
             // We were subscribed but never learnt a position: reload.
             this._deliver(sub, { type: "reset", reason: "no_position" });
             this._sendSubscribe(sub, true);
@@ -667,6 +786,7 @@ export class RealtimeClient {
         return;
       case "subscribed":
       case "snapshot":
+      case "aggregate":
       case "change":
       case "resync":
       case "error":
@@ -702,8 +822,12 @@ export class RealtimeClient {
           reload: Boolean(sub.reload),
         });
         return;
+      case "aggregate":
+        this._deliver(sub, { type: "aggregate", groups: msg.groups ?? [], full: Boolean(msg.full) });
+        return;
       case "change": {
         sub.since = msg.id;
+        sub.sinceTime = null;
         const { type, sub: _wire, ...rest } = msg;
         this._deliver(sub, { type: "change", ...rest });
         return;
@@ -713,6 +837,7 @@ export class RealtimeClient {
         this._wire.delete(msg.sub);
         this._send({ op: "unsubscribe", sub: msg.sub });
         sub.since = null;
+        sub.sinceTime = null;
         this._deliver(sub, { type: "reset", reason: msg.reason });
         if (sub.active && this.state === "open") this._sendSubscribe(sub, true);
         return;

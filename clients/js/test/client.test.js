@@ -192,6 +192,14 @@ test("the pure functions", () => {
     document: { _id: "a", _version: 1 } }), null, "an older version is ignored");
   assert.equal(applyEvent(docs, { type: "change", op: "leave", key: "zz" }), null);
   assert.equal(applyEvent(docs, { type: "change", op: "delete", key: "a" }), "remove");
+  // A projected subscription's update: the delta only.
+  applyEvent(docs, { type: "snapshot", documents: [{ _id: "p", _version: 1, c: { n: "x" }, g: 0 }] });
+  assert.equal(applyEvent(docs, { type: "change", op: "update", key: "p",
+    updated: { _version: 2, "c.t": 2, "d.e": 3 }, removed: ["g"] }), "update");
+  assert.deepEqual(docs.get(keyOf("p")), { _id: "p", _version: 2, c: { n: "x", t: 2 }, d: { e: 3 } });
+  assert.equal(applyEvent(docs, { type: "change", op: "update", key: "zz",
+    updated: { _version: 3, x: 1 }, removed: [] }), null, "not held: cannot apply");
+  assert.throws(() => realtime.applyDelta({ a: 1 }, { "a.b": 2 }, []), TypeError);
 });
 
 test("without a WebSocket the constructor says what to pass", () => {
@@ -319,6 +327,84 @@ test("the server closes the socket: the client resumes with since, every missed 
     const resubscribe = sent.find((msg) => msg.op === "subscribe");
     assert.equal(resubscribe.since, seen.id);
     assert.equal(resubscribe.snapshot, undefined);
+    client.close();
+  });
+
+test("sinceTime replays the changes committed from then on, then live",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_since_time");
+    const watcher = open(BASE);
+    const watched = new Inbox();
+    watcher.subscribe(coll, {}, watched.push);
+    await watched.until((ev) => ev.type === "subscribed", "subscribed");
+    for (const id of ["t1", "t2", "t3"]) await post(BASE, coll, { _id: id });
+    const seen = (await watched.until(isChange("t3"), "t3")).filter((ev) => ev.type === "change");
+    watcher.close();
+    const from = seen[1].ts;
+    const expected = seen.filter((ev) => ev.ts >= from).map((ev) => `insert ${ev.key}`);
+
+    const client = open(BASE);
+    const sent = [];
+    client.on("send", (msg) => sent.push(msg));
+    const inbox = new Inbox();
+    client.subscribe(coll, { sinceTime: new Date(from) }, inbox.push);
+    await post(BASE, coll, { _id: "t4" });
+    const events = await inbox.until(isChange("t4"), "t4");
+    assert.equal(events[0].type, "subscribed");
+    assert.equal(events[0].resumed, true);
+    assert.deepEqual(summary(events), [...expected, "insert t4"]);
+    assert.equal(sent.find((msg) => msg.op === "subscribe").since_time, from);
+    client.close();
+  });
+
+test("fields: a projected snapshot, then the changed fields only, applied in place",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_fields");
+    await post(BASE, coll, { _id: "f1", title: "T", body: "B", meta: { owner: "ann", n: 1 } });
+    const client = open(BASE);
+    const inbox = new Inbox();
+    const docs = new Map();
+    client.subscribe(coll, { snapshot: true, fields: ["title", "meta.owner"] }, (ev) => {
+      applyEvent(docs, ev);
+      inbox.push(ev);
+    });
+    const [snapshot] = (await inbox.until((ev) => ev.type === "snapshot", "snapshot")).slice(-1);
+    assert.deepEqual(snapshot.documents,
+      [{ _id: "f1", title: "T", meta: { owner: "ann" }, _version: 1 }]);
+    await patch(BASE, coll, "f1", { body: "C" }); // no projected field: nothing
+    await patch(BASE, coll, "f1", { title: "U", meta: { owner: "bob" } });
+    const [update] = (await inbox.until(isChange("f1"), "update")).slice(-1);
+    assert.equal(update.document, undefined);
+    assert.deepEqual(update.updated, { _version: 3, title: "U", "meta.owner": "bob" });
+    assert.deepEqual(docs.get(keyOf("f1")),
+      { _id: "f1", title: "U", meta: { owner: "bob" }, _version: 3 });
+    client.close();
+  });
+
+test("aggregate: the full result, then the changed groups, kept by applyAggregate",
+  { skip: NO_SERVER, timeout: 60_000 }, async () => {
+    const coll = collection("js_agg");
+    await post(BASE, coll, { _id: "o1", status: "open", total: 5 });
+    await post(BASE, coll, { _id: "o2", status: "open", total: 7 });
+    const client = open(BASE);
+    const inbox = new Inbox();
+    const groups = new Map();
+    client.subscribe(coll, { aggregate: { group_by: "status", count: true, sum: ["total"],
+      max: ["total"], throttle_ms: 0 } }, (ev) => {
+      realtime.applyAggregate(groups, ev);
+      inbox.push(ev);
+    });
+    const [first] = (await inbox.until((ev) => ev.type === "aggregate", "full")).slice(-1);
+    assert.equal(first.full, true);
+    assert.deepEqual(first.groups,
+      [{ key: { status: "open" }, count: 2, sum: { total: 12 }, max: { total: 7 } }]);
+    await patch(BASE, coll, "o2", { status: "paid" });
+    await inbox.until(() => groups.size === 2 &&
+      groups.get(realtime.groupKey({ status: "open" })).count === 1, "o2 moved to paid");
+    assert.deepEqual(groups.get(realtime.groupKey({ status: "paid" })),
+      { key: { status: "paid" }, count: 1, sum: { total: 7 }, max: { total: 7 } });
+    await del(BASE, coll, "o1");
+    await inbox.until(() => groups.size === 1, "the open group removed");
     client.close();
   });
 

@@ -2,17 +2,20 @@
 // realtime.d.ts covers the module's API and rejects misuse (@ts-expect-error lines).
 // Imported by the package's own name, so `exports` and `types` are checked too.
 import {
+  applyAggregate,
   applyEvent,
   BACKOFF_MAX_MS,
   BACKOFF_MIN_MS,
   backoffDelay,
   connect,
+  groupKey,
   keyOf,
   PROTOCOL,
   RealtimeClient,
   wsUrl,
 } from "realtime-mongo-client";
 import type {
+  AggregateGroup,
   ApplyResult,
   ChangeEvent,
   ClientMessage,
@@ -116,6 +119,15 @@ client.subscribe("logs", { since: "8263ab..." }, (ev: SubscriptionEvent) => {
   const docs = new Map<string, Document>();
   applyEvent(docs, ev);
 });
+client.subscribe("logs", { sinceTime: new Date(), filter: { level: "error" } }, () => {});
+client.subscribe("logs", { sinceTime: "2026-01-01T09:00:00Z" }, () => {});
+const groups = new Map<string, AggregateGroup>();
+client.subscribe("orders", { aggregate: { group_by: "status", count: true, sum: ["total"] } },
+  (ev: SubscriptionEvent) => {
+    if (ev.type === "aggregate") console.log(ev.full, ev.groups.length);
+    applyAggregate(groups, ev);
+  });
+console.log(groupKey({ status: "open" }));
 client.subscribe("all", undefined, () => {});
 // @ts-expect-error: the callback is required
 client.subscribe("orders", {});
