@@ -367,7 +367,7 @@ class DatabaseHistory:
     def catch_up(self, subscription: Subscription, since: str) -> None:
         """Replay to ``subscription`` (CATCHING_UP) every change after ``since``, then live."""
         seq = self._hub.since_seq(since)
-        if seq is not None:
+        if seq is not None and self._hub.covers(subscription, seq):
             self.ring_catchups += 1
             self._from_ring(subscription, seq, since)
         else:
@@ -604,7 +604,7 @@ class DatabaseHistory:
                             continue  # in the start's second, but before it
                     member.active = True
                 sub.replay(ev)
-                if seq is not None and sub.phase is catching_up:
+                if seq is not None and sub.phase is catching_up and hub.covers(sub, seq):
                     handed.append(member)  # the ring holds everything after this event
             if handed and seq is not None:
                 reader.members = [m for m in reader.members if m not in handed]

@@ -1,4 +1,4 @@
-"""The ``realtime`` command: ``serve``, ``db`` and the clients ``tail|get|put|rm|ls``.
+"""The ``realtime`` command: ``serve``, ``relay``, ``db`` and the clients ``tail|get|put|rm|ls``.
 
 Errors are one line on stderr, ``realtime: <what went wrong>``, never a
 traceback: exit status 2 for a usage error (an unknown option, a bad value, a
@@ -144,6 +144,68 @@ def serve(
         _fail(str(failed[0]), 1)
     if not server.started:
         raise typer.Exit(1)
+
+
+@app.command()
+def relay(
+    metrics_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics on this port (0: none).")] = 0,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "127.0.0.1",
+    log_level: Annotated[LogLevel, typer.Option(
+        case_sensitive=False, help="Least severe log records shown.")] = LogLevel.info,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text|json: JSON lines [env REALTIME_LOG_FORMAT]."),
+    ] = None,
+) -> None:
+    """Publish the database's change stream once into NATS JetStream (scale-out).
+
+    Needs REALTIME_MONGODB_URI and REALTIME_BROKER_URL. Run two for failover:
+    one appends, the other takes over when it stops (docs/scaling.md).
+    """
+    import asyncio
+
+    from realtime.config import SettingsError, load_settings
+    from realtime.logs import configure_logging
+
+    overrides: dict[str, Any] = {} if log_format is None else {"log_format": log_format}
+    try:
+        settings = load_settings(overrides, flags={"log_format": "--log-format"})
+    except SettingsError as exc:
+        for problem in exc.problems[:-1]:
+            typer.echo(f"realtime: bad settings: {problem}", err=True)
+        _fail(f"bad settings: {exc.problems[-1]}", 2)
+    if settings.broker_url is None or settings.mongodb_uri is None:
+        _fail("a relay needs REALTIME_MONGODB_URI (the replica set) and REALTIME_BROKER_URL "
+              "(e.g. nats://127.0.0.1:4222)", 2)
+    try:
+        from realtime.relay import Relay, run_relay
+    except ImportError as exc:
+        _fail(f"the relay needs the broker extra (pip install 'realtime-mongo[broker]'): {exc}",
+              2)
+    configure_logging(log_level, settings.log_format)
+
+    def ready(active: Relay) -> None:
+        from realtime.server import notify_ready
+
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            from realtime.metrics import relay_registry
+
+            start_http_server(metrics_port, metrics_host, registry=relay_registry(active))
+        notify_ready()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - inside asyncio.run
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_relay(settings, ready=ready)
+
+    asyncio.run(main())
 
 
 def _embedded_failures(application: Any) -> list[BaseException]:

@@ -161,6 +161,28 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="How long start-up waits for the change stream."
     )
 
+    # Scale-out (docs/scaling.md): the relay and the edges
+    broker_url: str | None = Field(
+        default=None,
+        description="NATS URL(s), comma-separated: `serve` becomes an edge that reads the "
+                    "relay's JetStream stream instead of a change stream; `relay` publishes it.",
+        examples=["nats://127.0.0.1:4222"])
+    broker_stream: str = Field(
+        default="REALTIME", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The JetStream stream the relay writes and the edges read.")
+    broker_replicas: int = Field(
+        default=1, ge=1, le=5, description="Copies of the stream in a NATS cluster (3 in HA).")
+    broker_max_age_seconds: float = Field(
+        default=86_400.0, gt=0, description="How long the stream keeps changes (for `since`).")
+    relay_tick_seconds: float = Field(
+        default=1.0, gt=0, le=60,
+        description="An idle relay appends a tick (position, cluster time) this often.")
+    relay_takeover_seconds: float = Field(
+        default=3.0, gt=0, le=600,
+        description="A standby relay takes over when the stream has not moved this long.")
+    broker_batch: int = Field(
+        default=512, ge=1, le=10_000, description="Messages an edge fetches at once.")
+
     # Security (docs/security.md)
     auth: Literal["none", "apikey", "jwt", "apikey+jwt"] = Field(
         default="none",
@@ -230,6 +252,13 @@ class Settings(BaseSettings):
             if (self.jwt_secret is not None
                     and len(self.jwt_secret.get_secret_value().encode()) < 32):
                 raise ValueError("REALTIME_JWT_SECRET must be at least 32 bytes (HS256)")
+        if self.broker_url is not None and self.mongodb_uri is None:
+            raise ValueError("REALTIME_BROKER_URL needs REALTIME_MONGODB_URI: the relay's replica "
+                             "set (edges read snapshots and write there)")
+        if self.broker_url is not None and self.relay_takeover_seconds <= self.relay_tick_seconds:
+            raise ValueError("REALTIME_RELAY_TAKEOVER_SECONDS must be longer than "
+                             "REALTIME_RELAY_TICK_SECONDS (a standby would take over from a "
+                             "live relay)")
         if not _FIELD_RE.match(self.tenant_key):
             raise ValueError(f"the tenant field {self.tenant_key[:80]!r} (REALTIME_TENANT_FIELD, "
                              "by default REALTIME_TENANT_CLAIM) must be a plain field name: a "

@@ -72,7 +72,9 @@ __all__ = [
     "ChangeStream",
     "Collection",
     "Database",
+    "decode_change",
     "describe",
+    "encode_change",
     "is_transient",
     "token_order",
     "token_time",
@@ -231,6 +233,30 @@ class _HealthLogger(monitoring.ServerHeartbeatListener, monitoring.ServerListene
 
     def closed(self, event: Any) -> None:
         log.debug("database server %s removed from topology", event.server_address)
+
+
+_RAW_OPTIONS: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True)
+
+
+def encode_change(raw: Mapping[str, Any]) -> bytes:
+    """A raw change-stream event as BSON (what the relay publishes).
+
+    Raises:
+        bson.errors.InvalidDocument: it cannot be encoded (never for a driver's own event).
+    """
+    return bson.encode(raw)
+
+
+def decode_change(data: bytes) -> dict[str, Any]:
+    """The raw change-stream event of :func:`encode_change`, with the driver's own types.
+
+    Raises:
+        ValueError: ``data`` is not a BSON document.
+    """
+    try:
+        return bson.decode(data, codec_options=_RAW_OPTIONS)
+    except bson.errors.BSONError as exc:
+        raise ValueError(f"not a BSON change event: {exc}") from None
 
 
 def token_time(data: str) -> tuple[int, int] | None:

@@ -44,6 +44,8 @@ class Event:
     ct: tuple[int, int] = (0, 0)
     received: float = field(default_factory=time.monotonic)
     seq: int = 0
+    #: The raw change-stream event, kept only where it is passed on as it is (the relay).
+    raw: Mapping[str, Any] | None = None
     _leave: str | None = None
     #: Encoded frames by subscription prefix: for ``op``, and for ``leave``.
     _frames: dict[str, bytes] | None = None

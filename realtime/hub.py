@@ -41,11 +41,24 @@ from realtime.projection import Projection
 from realtime.ring import Ring
 from realtime.subscription import Cluster, Phase, Subscription
 
-__all__ = ["REPLAY_AT_ONCE", "History", "Hub"]
+__all__ = ["REPLAY_AT_ONCE", "History", "Hub", "Watcher"]
 
 #: A ``since`` followed by at most this many events in the ring is replayed at
 #: once; further back, the :class:`History` replays it paced to the socket.
 REPLAY_AT_ONCE: Final = 200
+
+
+class Watcher(Protocol):
+    """Told which subscriptions are routed (an edge consumes the subjects they need)."""
+
+    def added(self, subscription: Subscription) -> None:
+        """``subscription`` starts being routed."""
+
+    def removed(self, subscription: Subscription) -> None:
+        """``subscription`` is no longer routed."""
+
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        """True if the ring holds every event ``subscription`` needs after ring number ``seq``."""
 
 
 class History(Protocol):
@@ -114,6 +127,11 @@ class Hub:
         #: What the last ``status`` said of the feed (``protocol.FEED_*``); a new
         #: connection is told after ``welcome`` unless it is live.
         self.feed_status: str = protocol.FEED_LIVE
+        #: The latest cluster time up to which the source says every change was
+        #: published (a relay's tick, :meth:`passed`).
+        self.passed_ct: Cluster = (0, 0)
+        #: Told of every subscription added and removed (an edge's interest), if set.
+        self.watcher: Watcher | None = None
         #: The live aggregates, each shared by its subscribers (realtime.aggregator).
         self._aggregates: dict[tuple[Any, ...], SharedAggregate] = {}
         #: Projections by their paths, while a subscription holds them.
@@ -160,6 +178,8 @@ class Hub:
         if index is None:
             index = self._indexes[subscription.collection] = Index()
         index.add(subscription)
+        if self.watcher is not None:
+            self.watcher.added(subscription)
 
     def remove(self, subscription: Subscription) -> None:
         """Stop routing events to ``subscription``; it ENDS."""
@@ -169,8 +189,11 @@ class Hub:
         if shared is not None and shared.leader is not subscription and shared.leave(subscription):
             self._drop_aggregate(shared)  # its last member left
         index = self._indexes.get(subscription.collection)
-        if index is not None and index.remove(subscription) and not index:
-            del self._indexes[subscription.collection]
+        if index is not None and index.remove(subscription):
+            if not index:
+                del self._indexes[subscription.collection]
+            if self.watcher is not None:
+                self.watcher.removed(subscription)
         conn: Any = subscription.conn
         subs = self.connections.get(conn)
         if subs is not None and subs.get(subscription.sub) is subscription:
@@ -211,7 +234,8 @@ class Hub:
         if since is not None:
             conn.send(protocol.render_subscribed(sub, self.head()))
             seq = self.since_seq(since)
-            if seq is not None and self.ring.seq - seq <= REPLAY_AT_ONCE:
+            if (seq is not None and self.ring.seq - seq <= REPLAY_AT_ONCE
+                    and self.covers(subscription, seq)):
                 self.add(subscription)
                 self.replay(subscription, since)
             else:
@@ -310,8 +334,11 @@ class Hub:
         leader = shared.leader
         leader.end()
         index = self._indexes.get(leader.collection)
-        if index is not None and index.remove(leader) and not index:
-            del self._indexes[leader.collection]
+        if index is not None and index.remove(leader):
+            if not index:
+                del self._indexes[leader.collection]
+            if self.watcher is not None:
+                self.watcher.removed(leader)
 
     def _too_many_groups(self, shared: SharedAggregate) -> None:
         state = shared.leader.aggregate
@@ -352,7 +379,7 @@ class Hub:
         then skips what the snapshot shows.
         """
         subscription.settle(shown, horizon)
-        if horizon is not None and self.last_ct > horizon:
+        if horizon is not None and (self.last_ct > horizon or self.passed_ct >= horizon):
             subscription.go_live()
         else:
             self._settling[subscription] = poll
@@ -362,6 +389,21 @@ class Hub:
         settling = self._settling
         for subscription, needed in list(settling.items()):
             if needed <= poll:
+                del settling[subscription]
+                subscription.go_live()
+
+    def passed(self, ct: Cluster) -> None:
+        """The source has published every change up to ``ct`` (a relay's tick).
+
+        A SETTLING subscription whose snapshot was read at or before ``ct``
+        goes live: every change its read could show came before.
+        """
+        if ct > self.passed_ct:
+            self.passed_ct = ct
+        settling = self._settling
+        for subscription in list(settling):
+            horizon = subscription.horizon
+            if horizon is not None and horizon <= ct:
                 del settling[subscription]
                 subscription.go_live()
 
@@ -457,6 +499,15 @@ class Hub:
     def can_replay(self, since: str) -> bool:
         """True if every event after ``since`` is still in the ring."""
         return self.since_seq(since) is not None
+
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        """True if the ring holds every event ``subscription`` needs after ring number ``seq``.
+
+        Always, unless an edge's :attr:`watcher` says otherwise: its ring holds
+        only the subjects it consumed, and since when.
+        """
+        watcher = self.watcher
+        return watcher is None or watcher.covers(subscription, seq)
 
     def replay(self, subscription: Subscription, since: str) -> int:
         """Deliver to ``subscription`` the ring's events after ``since``, all at once.

@@ -26,7 +26,7 @@ plus the standard ``process_*`` and ``python_*`` families.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,9 +52,11 @@ if TYPE_CHECKING:
 
     from realtime.hub import Hub
     from realtime.outbox import Outbox
+    from realtime.relay import Relay
     from realtime.services import Services
+    from realtime.sources.broker import BrokerSource
 
-__all__ = ["CONTENT_TYPE", "Metrics", "ServiceCollector"]
+__all__ = ["CONTENT_TYPE", "Metrics", "RelayCollector", "ServiceCollector", "relay_registry"]
 
 #: The ``Content-Type`` of :meth:`Metrics.render` (Prometheus text format 0.0.4).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -104,9 +106,36 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily("realtime_send_backlog_messages",
                                 "Messages queued for connections whose transport is paused.",
                                 value=sum(conn.backlog for conn in connections))
-        yield CounterMetricFamily("realtime_feed_events",
-                                  "Change events received from the change stream.",
-                                  value=hub.events)
+        events = CounterMetricFamily(
+            "realtime_feed_events",
+            "Change events this process ingested, by source: its own change stream, or "
+            "the relay's JetStream stream (an edge).", labels=["source"])
+        events.add_metric([feed.source], hub.events)
+        yield events
+        if feed.source == "broker":  # an edge: its fan-in, subject by subject
+            edge = cast("BrokerSource", feed)
+            subjects = edge.subject_events
+            per_subject = CounterMetricFamily(
+                "realtime_broker_subject_events",
+                "Change events an edge read from JetStream, by subject rt.<collection>.<tenant>.",
+                labels=["subject"])
+            for subject, count in sorted(subjects.items()):
+                per_subject.add_metric([subject], count)
+            yield per_subject
+            consumed = GaugeMetricFamily(
+                "realtime_broker_subjects",
+                "Subject patterns an edge consumes now, with their subscriptions.",
+                labels=["pattern"])
+            for pattern in edge.interest.patterns():
+                consumed.add_metric([pattern], edge.interest.count(pattern))
+            yield consumed
+            yield CounterMetricFamily("realtime_broker_gaps",
+                                      "Gaps in the stream seen (and re-read from JetStream).",
+                                      value=edge.gaps)
+            replays = getattr(services.history, "replays", 0)
+            yield CounterMetricFamily("realtime_broker_replays",
+                                      "Resumes beyond the ring served by a JetStream replay.",
+                                      value=replays)
         yield CounterMetricFamily("realtime_messages_sent",
                                   "Messages written to WebSocket connections.",
                                   value=self._messages_sent(hub, connections))
@@ -149,6 +178,51 @@ class ServiceCollector(Collector):
             "realtime_delivery_seconds",
             "Commit of a change (its wallTime) to its fan-out (sent to writable subscribers).",
             buckets=delivery.cumulative(), sum_value=delivery.sum)
+
+
+class RelayCollector(Collector):
+    """The metric families of ``realtime relay`` (served by ``--metrics-port``)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every family (called by the registry on each scrape)."""
+        relay = self._relay
+        info = GaugeMetricFamily("realtime_info", "Build of this process.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        role = GaugeMetricFamily("realtime_relay_role", "1 for the relay's current role.",
+                                 labels=["role"])
+        for each in type(relay.role):
+            role.add_metric([each.value], 1 if relay.role is each else 0)
+        yield role
+        yield CounterMetricFamily("realtime_relay_published",
+                                  "Changes appended to the stream by this relay.",
+                                  value=relay.published)
+        yield CounterMetricFamily("realtime_relay_ticks", "Ticks appended by this relay.",
+                                  value=relay.ticks)
+        yield CounterMetricFamily("realtime_relay_takeovers",
+                                  "Times this relay became the active one.",
+                                  value=relay.takeovers)
+        yield CounterMetricFamily("realtime_relay_fenced",
+                                  "Times this relay was fenced out by another one.",
+                                  value=relay.fenced)
+        lag = relay.lag
+        yield HistogramMetricFamily(
+            "realtime_relay_lag_seconds",
+            "Commit of a change (its wallTime) to its acknowledgement by JetStream.",
+            buckets=lag.cumulative(), sum_value=lag.sum)
+
+
+def relay_registry(relay: Relay) -> CollectorRegistry:
+    """A registry with the relay's families and the process metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(RelayCollector(relay))
+    return registry
 
 
 class Metrics:

@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from realtime.auth import Authenticator
 from realtime.backoff import Backoff
@@ -33,6 +34,9 @@ from realtime.protocol import CloseCode
 from realtime.sources.changestream import Feed
 from realtime.store import Store
 
+if TYPE_CHECKING:
+    from realtime.sources.broker import BrokerHistory, BrokerSource
+
 __all__ = ["Services", "running"]
 
 log = logging.getLogger("realtime.services")
@@ -46,8 +50,9 @@ class Services:
     db: Database
     store: Store
     hub: Hub
-    feed: Feed
-    history: DatabaseHistory
+    #: The change-stream feed, or an edge's JetStream source (REALTIME_BROKER_URL).
+    feed: Feed | BrokerSource
+    history: DatabaseHistory | BrokerHistory
     embedded: EmbeddedServer | None
     auth: Authenticator
     limits: Limits
@@ -96,8 +101,21 @@ async def running(settings: Settings, auth: Authenticator,
         uri = embedded.uri
     db = Database(settings, uri)
     hub = Hub(settings.ring_size, order=token_order)
-    feed = Feed(db, hub, settings)
-    history = DatabaseHistory(db, hub, settings, lambda: feed.polls)
+    feed: Feed | BrokerSource
+    history: DatabaseHistory | BrokerHistory
+    if settings.broker_url is None:
+        feed = Feed(db, hub, settings)
+        history = DatabaseHistory(db, hub, settings, lambda: feed.polls)
+    else:  # an edge: the relay's stream instead of a change stream of its own
+        from realtime.jetstream import Broker
+        from realtime.sources.broker import BrokerHistory, BrokerSource
+
+        source = feed = BrokerSource(
+            Broker(settings.broker_url, settings.broker_stream, name="realtime-edge",
+                   replicas=settings.broker_replicas,
+                   max_age=settings.broker_max_age_seconds), hub, settings)
+        history = BrokerHistory(source, DatabaseHistory(db, hub, settings, lambda: 0),
+                                hub, settings)
     services = Services(settings=settings, db=db, store=Store(db, settings), hub=hub,
                         feed=feed, history=history, embedded=embedded, auth=auth,
                         limits=limits)
@@ -121,6 +139,8 @@ async def running(settings: Settings, auth: Authenticator,
         hub.close_all(CloseCode.GOING_AWAY, "server shutdown")
         await history.stop()
         await feed.stop()
+        if not isinstance(feed, Feed):
+            await feed.broker.close()
         await db.close()
         if supervisor is not None:  # first: a deliberate stop is no crash to repair
             supervisor.cancel()

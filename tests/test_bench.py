@@ -133,6 +133,17 @@ async def test_storm_quick(tmp_path: Path) -> None:
         assert run["complete"]
 
 
+async def test_scaleout_quick(tmp_path: Path) -> None:
+    data = await quick("scaleout", tmp_path)
+    for run in data["runs"]:
+        assert run["delivered"] == run["expected"]
+        # Each edge ingests its tenants' share; in the control, everything.
+        expected_share = 1.0 if run["control"] else 1.0 / run["edges"]
+        assert run["ingested_share"] == pytest.approx(expected_share)
+        assert sum(run["ingested_per_edge"]) == run["events"] * (
+            run["edges"] if run["control"] else 1)
+
+
 async def test_aggregates_quick(tmp_path: Path) -> None:
     data = await quick("aggregates", tmp_path)
     runs = {run["mode"]: run for run in data["runs"]}

@@ -193,6 +193,21 @@ async def test_a_bad_url_from_the_environment_is_a_usage_error() -> None:
     assert "REALTIME_URL" in one_line_error(err)
 
 
+async def test_a_relay_without_its_database_or_nats_is_a_usage_error() -> None:
+    code, _, err = await cli("relay", env={"REALTIME_MONGODB_URI": "mongodb://127.0.0.1:1"})
+    assert code == 2
+    assert "REALTIME_BROKER_URL" in one_line_error(err)
+    code, _, err = await cli("relay", env={"REALTIME_BROKER_URL": "nats://127.0.0.1:1"})
+    assert code == 2
+    assert "REALTIME_MONGODB_URI" in one_line_error(err)
+
+
+async def test_an_edge_without_the_relays_database_is_a_usage_error() -> None:
+    code, _, err = await cli("serve", env={"REALTIME_BROKER_URL": "nats://127.0.0.1:1"})
+    assert code == 2
+    assert "REALTIME_MONGODB_URI" in one_line_error(err)
+
+
 # ---------------------------------------------------------------------------
 # runtime errors: exit 1, one line
 

@@ -9,6 +9,7 @@ whose tool is missing skips locally and fails under ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -237,7 +238,7 @@ def nginx_config(tmp_path: Path, listen: int, upstreams: list[int]) -> Path:
     servers = "".join(f"        server 127.0.0.1:{p} max_fails=2 fail_timeout=5s;\n"
                       for p in upstreams)
     text, n = re.subn(r"        server app:8000[^\n]*\n", servers, text)
-    assert n == 1
+    assert n == 2  # the least_conn upstream, and the one by tenant (WebSockets with a hint)
     text, n = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen};", text)
     assert n == 1
     text = text.replace("/tmp/", f"{tmp_path}/")  # noqa: S108 - rewriting the conf's paths
@@ -323,6 +324,34 @@ async def test_nginx_proxies_rest_and_websocket(
         assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
         # /metrics is not exposed through the proxy.
         assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_nginx_routes_the_clients_of_a_tenant_to_one_edge(
+        nginx: str, two_replicas: tuple[LiveServer, LiveServer]) -> None:
+    """deploy/nginx.conf for real: ``/ws?tenant=...`` by a consistent hash, others least_conn."""
+    async with httpx.AsyncClient(base_url=nginx, timeout=10) as http:
+        async def up() -> bool:
+            try:
+                return (await http.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+        await wait_until(up, 10, "nginx up")
+    ws_url = nginx.replace("http://", "ws://") + "/ws"
+
+    def counts() -> list[int]:
+        return [len(s.app.state.services.hub.connections) for s in two_replicas]
+
+    for tenant in ("acme", "globex", "initech"):
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(4):
+                client = await stack.enter_async_context(ws_client(f"{ws_url}?tenant={tenant}"))
+                await client.subscribe("s", "orders")
+            assert sorted(counts()) == [0, 4], tenant  # all four on one replica
+        await wait_until(lambda: _no_connections(two_replicas), 10, "connections closed")
+
+
+async def _no_connections(replicas: tuple[LiveServer, LiveServer]) -> bool:
+    return all(not s.app.state.services.hub.connections for s in replicas)
 
 
 # ---------------------------------------------------------------------- Kubernetes

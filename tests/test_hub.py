@@ -228,3 +228,58 @@ async def test_a_resuming_subscription_waits_for_the_warm_up_then_replays_the_ri
     hub.publish(event(9))
     assert outlet.keys == keys(3, 9)
     assert store.catchups == 0  # from the warmed ring
+
+
+def test_a_relay_tick_at_the_read_time_takes_a_settling_subscription_live() -> None:
+    hub, sub = subscribed()
+    hub.publish(change(5, "insert", "b", {"_version": 1, "open": True}))
+    hub.settle(sub, shown(), horizon=(100, 6), poll=7)
+    hub.passed((100, 5))  # the relay has not reached the read yet
+    assert sub.phase is Phase.SETTLING
+    hub.passed((100, 6))  # an idle database: the tick is at the read's time
+    assert sub.phase is Phase.LIVE
+    assert sub.sent == [("insert", "b", 1)]
+
+
+def test_a_tick_seen_before_the_snapshot_settles_it_at_once() -> None:
+    hub, sub = subscribed()
+    hub.passed((100, 9))
+    hub.settle(sub, shown(), horizon=(100, 9), poll=7)
+    assert sub.phase is Phase.LIVE
+
+
+class Watching:
+    """A watcher that consumed the subscription's subject from ring number ``since`` on."""
+
+    def __init__(self, since: int) -> None:
+        self.since = since
+        self.added_: list[Subscription] = []
+        self.removed_: list[Subscription] = []
+
+    def added(self, subscription: Subscription) -> None:
+        self.added_.append(subscription)
+
+    def removed(self, subscription: Subscription) -> None:
+        self.removed_.append(subscription)
+
+    def covers(self, subscription: Subscription, seq: int) -> bool:
+        return seq > self.since
+
+
+def test_an_edge_replays_from_its_ring_only_what_it_consumed_for_the_subscription() -> None:
+    hub = Hub()
+    for t in range(1, 6):
+        hub.publish(change(t, "insert", f"k{t}", {"_version": 1, "open": True}))
+    watcher = Watching(since=2)
+    hub.watcher = watcher
+    sub = Recorder(Silent())
+    first, third = hub.since_seq(f"{1:032x}"), hub.since_seq(f"{3:032x}")
+    assert first is not None  # the ring has them...
+    assert third is not None
+    assert not hub.covers(sub, first)  # ...but not every change on its subject since the first
+    assert hub.covers(sub, third)
+    hub.add(sub)
+    hub.remove(sub)
+    hub.remove(sub)  # a second removal is no change of interest
+    assert watcher.added_ == [sub]
+    assert watcher.removed_ == [sub]

@@ -97,7 +97,7 @@ async def test_websocket_activity_is_counted(live: LiveServer, http: httpx.Async
 
     before = await scrape()
     sent_before = value(before, "realtime_messages_sent_total")
-    events_before = value(before, "realtime_feed_events_total")
+    events_before = value(before, "realtime_feed_events_total", source="changestream")
     async with ws_client(live.ws_url) as ws:
         await ws.subscribe("s1", "orders")
         await ws.subscribe("s2", "orders", filter={"n": {"$gte": 2}})
@@ -109,7 +109,8 @@ async def test_websocket_activity_is_counted(live: LiveServer, http: httpx.Async
         changes = [await ws.expect("change") for _ in range(4)]  # 3 for s1, 1 for s2
         assert sorted(c["sub"] for c in changes) == ["s1", "s1", "s1", "s2"]
         text = await scrape()
-        assert value(text, "realtime_feed_events_total") >= events_before + 3
+        assert value(text, "realtime_feed_events_total",
+                     source="changestream") >= events_before + 3
         sent_open = value(text, "realtime_messages_sent_total")
         assert sent_open >= sent_before + 4
         # every published event's commit → fan-out time is observed
@@ -139,7 +140,7 @@ def _fake_services(**hub: Any) -> SimpleNamespace:
                             slow_consumers=hub.get("slow", 0), sent_closed=0, dropped=0,
                             subscription_count=lambda: 3, warm_events=11),
         history=SimpleNamespace(catchups=5, ring_catchups=6),
-        feed=SimpleNamespace(restarts=4, lag=1.5, last_event_wall=1e9,
+        feed=SimpleNamespace(source="changestream", restarts=4, lag=1.5, last_event_wall=1e9,
                              live=False, state=FeedState.RETRYING,
                              publish_latency=LatencyBuckets()),
     )
@@ -161,7 +162,7 @@ def test_collector_reads_the_counters() -> None:
     assert got["realtime_websocket_connections"] == 2
     assert got["realtime_subscriptions"] == 3
     assert got["realtime_send_backlog_messages"] == 2
-    assert got["realtime_feed_events_total"] == 7
+    assert got["realtime_feed_events_total{'source': 'changestream'}"] == 7
     assert got["realtime_messages_sent_total"] == 15
     assert got["realtime_slow_consumer_closes_total"] == 1
     assert got["realtime_feed_restarts_total"] == 4

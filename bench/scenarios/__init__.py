@@ -23,6 +23,7 @@ from bench.scenarios import (
     ingest,
     latency,
     naive,
+    scaleout,
     storm,
 )
 
@@ -60,6 +61,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              storm.run, storm.RENDER),
     Scenario("aggregates", "live aggregates and projections vs plain: CPU, latency, bytes",
              aggregates.run, aggregates.RENDER),
+    Scenario("scaleout", "1..4 edges by tenant over NATS JetStream vs every edge reading all",
+             scaleout.run, scaleout.RENDER),
 )}
 
 

@@ -7,6 +7,10 @@ jitter, resuming after the last event it published, so no event is lost and
 none is published twice. A lost history or an ``invalidate`` restarts it from
 now and tells the affected subscriptions to ``resync``.
 
+The feed writes to a :class:`Sink`: the hub of a serving process, or the
+relay's JetStream writer (:mod:`realtime.relay`), which reuses this resume,
+retry and history-loss logic to publish the stream once for every edge.
+
 Every change of its state goes to the hub (:meth:`Hub.status`), which tells
 every connection (``status``): ``live`` while the stream is open, ``retrying``
 while it reconnects, ``down`` once it has retried for :data:`DOWN_AFTER_SECONDS`
@@ -20,26 +24,63 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from realtime.backoff import Backoff
 from realtime.config import Settings
 from realtime.db import ChangeStream, Database, is_transient
 from realtime.errors import HistoryLost, RealtimeError
-from realtime.events import STREAM_OPS, normalise
+from realtime.events import STREAM_OPS, Event, normalise
 from realtime.histogram import LatencyBuckets
-from realtime.hub import Hub
 from realtime.names import IDEMPOTENCY_COLLECTION
 from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
 
-__all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "pipeline"]
+__all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "Sink", "pipeline"]
 
 #: Seconds of retrying after which the feed is ``down``: not a blip any more.
 DOWN_AFTER_SECONDS: Final = 10.0
 
 log = logging.getLogger("realtime.feed")
+
+
+class Sink(Protocol):
+    """Where a source's events, positions and state go (the hub, or the relay's writer).
+
+    :meth:`publish` and :meth:`quiet` may return an awaitable, which the feed
+    awaits before it reads on (the relay waits for JetStream's acknowledgement);
+    the hub returns None and costs nothing more.
+    """
+
+    def publish(self, ev: Event) -> Awaitable[None] | None:
+        """One change, in commit order."""
+
+    def advance(self, token: str) -> None:
+        """A new stream position without an event (a post-batch token)."""
+
+    def quiet(self, poll: int) -> Awaitable[None] | None:
+        """The feed's read number ``poll`` returned no event."""
+
+    def resync(self, reason: str, collection: str | None = None) -> int:
+        """History lost or invalidated: the subscriptions (of ``collection``) reload."""
+
+    def status(self, feed: str) -> int:
+        """The feed's state as a ``status`` message says it (``protocol.FEED_*``)."""
+
+    def warming(self) -> None:
+        """The feed starts reading recent history (the hub's ring warm-up)."""
+
+    def warmed(self) -> None:
+        """The warm-up is over."""
+
+    @property
+    def is_warming(self) -> bool:
+        """True while warming."""
+
+    @property
+    def warm_events(self) -> int:
+        """Events read while warming."""
 
 
 class Stalled(RealtimeError):
@@ -134,15 +175,21 @@ def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
 
 
 class Feed:
-    """Watches the database and publishes every change to the hub.
+    """Watches the database and publishes every change to the hub (or another sink).
 
-    ``down_after``: seconds of retrying after which the state is ``DOWN``.
+    ``down_after``: seconds of retrying after which the state is ``DOWN``;
+    ``keep_raw``: give each event its raw change (:attr:`Event.raw`) for a sink
+    that passes it on.
     """
 
-    def __init__(self, db: Database, hub: Hub, settings: Settings, *,
-                 down_after: float = DOWN_AFTER_SECONDS) -> None:
+    #: The ``source`` label of what this process ingests (``realtime_feed_events_total``).
+    source: Final = "changestream"
+
+    def __init__(self, db: Database, hub: Sink, settings: Settings, *,
+                 down_after: float = DOWN_AFTER_SECONDS, keep_raw: bool = False) -> None:
         self._db = db
         self._hub = hub
+        self._keep_raw = keep_raw
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
@@ -174,7 +221,7 @@ class Feed:
 
     def start(self) -> None:
         """Start the watcher task."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="realtime-feed")
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="realtime-feed")
 
     async def stop(self) -> None:
         """Cancel the watcher task and wait for it."""
@@ -284,7 +331,13 @@ class Feed:
             log.info("ring warmed with %d events (%s)", self._hub.warm_events, why)
             self._hub.warmed()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Watch until cancelled (what :meth:`start` runs as a task).
+
+        Raises:
+            Exception: whatever the sink raises (a relay fenced out); database
+                errors are retried, never raised.
+        """
         backoff = Backoff(self._settings.retry_base_seconds, self._settings.retry_cap_seconds)
         await self._warm_start()
         while True:
@@ -394,7 +447,9 @@ class Feed:
                     hub.advance(str(token["_data"]))
                 if self._warm_until is not None:
                     self._warmed("caught up")
-                hub.quiet(self.polls)
+                pending = hub.quiet(self.polls)
+                if pending is not None:
+                    await pending
                 continue
             self.token = raw["_id"]
             ev = normalise(raw)
@@ -408,7 +463,11 @@ class Feed:
                 continue
             wall = raw.get("wallTime")
             self.last_event_wall = wall.timestamp() if wall is not None else time.time()
-            hub.publish(ev)
+            if self._keep_raw:
+                ev.raw = raw
+            pending = hub.publish(ev)
+            if pending is not None:
+                await pending
             if self._warm_until is not None:
                 if ev.ct >= self._warm_until:
                     self._warmed("reached the present")
