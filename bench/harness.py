@@ -45,6 +45,7 @@ __all__ = [
     "SAMPLED_CONNECTIONS",
     "BenchError",
     "Child",
+    "CpuBudget",
     "CpuWindow",
     "DbWriter",
     "Load",
@@ -426,6 +427,57 @@ async def wait_ready(child: Child, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise BenchError(f"{child.name} was not ready in {timeout:.0f} s")
         await asyncio.sleep(0.05)
+
+
+class CpuBudget:
+    """Holds processes to ``cores`` of CPU time through a cgroup's CPU quota.
+
+    cgroup v1 (``/sys/fs/cgroup/cpu``, ``cpu.cfs_quota_us``) or v2 (``cpu.max``);
+    a short period (10 ms) so the quota throttles in small slices, not in 100 ms
+    stalls that would count against a latency bound. :meth:`create` returns None
+    where cgroups cannot be written (not root, read-only hierarchy).
+    """
+
+    PERIOD_US = 10_000
+
+    def __init__(self, path: Path, v2: bool) -> None:
+        self.path = path
+        self._v2 = v2
+
+    @classmethod
+    def create(cls, name: str, cores: float) -> CpuBudget | None:
+        """A new cgroup ``name`` holding ``cores`` (None when none can be made)."""
+        quota = max(1000, round(cores * cls.PERIOD_US))
+        v1 = Path("/sys/fs/cgroup/cpu")
+        try:
+            if (v1 / "cpu.cfs_quota_us").exists() or (v1 / "cgroup.procs").exists():
+                path = v1 / name
+                path.mkdir(exist_ok=True)
+                (path / "cpu.cfs_period_us").write_text(str(cls.PERIOD_US))
+                (path / "cpu.cfs_quota_us").write_text(str(quota))
+                return cls(path, v2=False)
+            v2 = Path("/sys/fs/cgroup")
+            if (v2 / "cgroup.controllers").exists():
+                path = v2 / name
+                path.mkdir(exist_ok=True)
+                (path / "cpu.max").write_text(f"{quota} {cls.PERIOD_US}")
+                return cls(path, v2=True)
+        except OSError:
+            return None
+        return None
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` into the budget.
+
+        Raises:
+            OSError: the cgroup refused it.
+        """
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        """Delete the cgroup (once its processes have exited)."""
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
 
 class Stack:

@@ -17,10 +17,11 @@ run is the same with every edge consuming every subject (one extra
 subscription per edge that needs ``rt.orders.*`` and matches nothing): today's
 shape, where each instance ingests W.
 
-This machine has 2 cores shared by the edges, NATS, the generator and the
-load clients: the edges are not held to separate CPU budgets, so the rate
-curve measures the machine. The per-edge figures (changes ingested ≈ W/N, CPU
-per delivered message) are the ones that carry over.
+Each edge is held to the same CPU budget (:data:`EDGE_CORES` of a core, a
+cgroup CPU quota, :class:`bench.harness.CpuBudget`), so result(N) measures N
+budgets, not this 2-core machine, whose other core runs NATS, the generator and
+the load clients. Where no cgroup can be written the edges run unbudgeted and
+the report says so.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bench.harness import (
     PAD,
     BenchError,
     Child,
+    CpuBudget,
     CpuWindow,
     Load,
     Options,
@@ -60,6 +62,11 @@ __all__ = ["RENDER", "TARGET_EFFICIENCY", "run"]
 TARGET_EFFICIENCY = 0.85
 #: A rate passes with every message delivered and p99 at or below this.
 P99_LIMIT_MS = 100.0
+#: The CPU budget of each edge, in cores.
+EDGE_CORES = 0.2
+#: The ramp of event rates (per second), steps of a quarter.
+RATES = (160.0, 200.0, 250.0, 320.0, 400.0, 500.0, 640.0, 800.0, 1000.0, 1250.0, 1600.0,
+         2000.0, 2500.0)
 
 
 def ring(edges: int, vnodes: int = 64) -> list[tuple[int, int]]:
@@ -187,6 +194,13 @@ async def one_setup(opts: Options, stack: Stack, db_uri: str, url: str, nats_pid
     database = f"bench_{uuid.uuid4().hex[:8]}"
     env = {"REALTIME_BROKER_URL": url, "REALTIME_HEARTBEAT_SECONDS": "25"}
     servers = [await stack.realtime(db_uri, database, env) for _ in range(edges)]
+    budgets: list[CpuBudget] = []
+    for server in servers:
+        budget = CpuBudget.create(f"realtime-bench-edge-{server.port}", EDGE_CORES)
+        if budget is None:
+            break
+        budget.add(server.pid)
+        budgets.append(budget)
     points = ring(edges)
     per_edge: list[list[list[str]]] = [[] for _ in range(edges)]
     for i in range(subscribers):
@@ -242,6 +256,7 @@ async def one_setup(opts: Options, stack: Stack, db_uri: str, url: str, nats_pid
             passed = got >= expected and p99 is not None and p99 <= P99_LIMIT_MS
             result = {
                 "edges": edges, "control": control, "rate": rate, "events": sent,
+                "edge_budget_cores": EDGE_CORES if budgets else None,
                 "subscribers": subscribers, "tenants": len(tenants),
                 "expected": expected, "delivered": got, "complete": got >= expected,
                 "p50_ms": lat.get("p50"), "p99_ms": p99, "passed": passed,
@@ -264,6 +279,8 @@ async def one_setup(opts: Options, stack: Stack, db_uri: str, url: str, nats_pid
                 await load.stop()
         for server in servers:
             await server.stop()
+        for budget in budgets:
+            budget.remove()
     return results
 
 
@@ -275,7 +292,7 @@ async def run(opts: Options) -> dict[str, Any]:
         sizes, subscribers, tenants, rates, seconds = (1, 2), 40, 4, (100.0,), 2.0
     else:
         sizes = opts.sizes or (1, 2, 3, 4)
-        subscribers, tenants, rates, seconds = 400, 16, (250.0, 500.0, 1000.0, 2000.0), 5.0
+        subscribers, tenants, rates, seconds = 400, 16, RATES, 4.0
     names = [f"t{k}" for k in range(tenants)]
     runs: Runs = []
     stack = Stack(opts)
@@ -313,14 +330,22 @@ def efficiency(runs: Runs) -> dict[str, dict[str, float]]:
     return out
 
 
+def _budget_note(runs: Runs) -> str:
+    budget = runs[0].get("edge_budget_cores") if runs else None
+    if budget:
+        return (f"Each edge is held to {budget:g} of a core (a cgroup CPU quota); NATS, "
+                "the generator and the load clients run outside the budgets.")
+    return ("The edges share this machine's cores with NATS, the generator and the load "
+            "clients (no cgroup could be written: no separate CPU budgets).")
+
+
 def table(runs: Runs) -> str:
     """The Markdown table of ``scaleout.md``."""
     eff = efficiency(runs)
     lines = ["Edges behind a consistent hash of the tenant, subscriptions filtered to their "
              "tenant; a generator publishes inserts into JetStream at a ramp of rates. "
              "result(N) = highest rate with everything delivered and p99 ≤ 100 ms; the "
-             "control has every edge consume every subject. The edges share this machine's "
-             "cores with NATS, the generator and the load clients (no separate CPU budgets).",
+             "control has every edge consume every subject. " + _budget_note(runs),
              "",
              "| edges | control | rate/s | delivered / expected | p50 ms | p99 ms | ingested "
              "per edge | ingested ÷ (N·W) | edge µs/msg | edge cores | nats cores | generator "
