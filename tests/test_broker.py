@@ -19,6 +19,7 @@ from realtime.db import encode_change
 from realtime.hub import Hub
 from realtime.jetstream import Message
 from realtime.sources.broker import BrokerSource
+from tests.helpers import until
 
 pytestmark = pytest.mark.driver_blind
 
@@ -76,9 +77,7 @@ class ScriptedBroker:
 async def run_until(source: BrokerSource, done: Any) -> None:
     source.start()
     try:
-        async with asyncio.timeout(5):
-            while not done():
-                await asyncio.sleep(0.01)
+        await until(done, 5, "the source's work")
     finally:
         await source.stop()
 

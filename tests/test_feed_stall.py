@@ -19,6 +19,7 @@ import pytest
 from realtime.config import Settings
 from realtime.hub import Hub
 from realtime.sources.changestream import Feed, FeedState
+from tests.helpers import until
 
 pytestmark = pytest.mark.driver_blind
 
@@ -96,9 +97,7 @@ async def test_slow_reads_are_no_stall() -> None:
     feed = Feed(cast(Any, db), Hub(), settings())
     feed.start()
     try:
-        async with asyncio.timeout(30):
-            while slow.reads < 20:
-                await asyncio.sleep(0.05)
+        await until(lambda: slow.reads >= 20, 30, "20 slow reads")
         assert feed.restarts == 0
         assert db.opened == [slow]
         assert feed.state is FeedState.LIVE

@@ -28,7 +28,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from realtime.embedded import EmbeddedServer
-from tests.helpers import ServerProcess, WSClient, bearer, sha, ws_client
+from tests.helpers import ServerProcess, WSClient, bearer, sha, until, wait_until, ws_client
 from tests.scaleout import NatsServer, RelayProcess, metric
 
 pytestmark = [pytest.mark.driver_blind, pytest.mark.timeout(240)]
@@ -70,27 +70,22 @@ async def active(relays: list[RelayProcess], timeout: float = 15.0) -> RelayProc
     fences the other out. So: one says ``active`` and has appended (a tick at
     least), every other one says ``standby``.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    found: list[RelayProcess] = []
+
+    async def settled() -> bool:
         roles = await asyncio.gather(*(r.role() for r in relays))
-        if roles.count("active") == 1 and roles.count("standby") == len(relays) - 1:
-            leader = relays[roles.index("active")]
-            text = await leader.metrics()
-            if (metric(text, "realtime_relay_ticks_total")
-                    + metric(text, "realtime_relay_published_total")) >= 1:
-                return leader
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no single active relay: {roles}")
-        await asyncio.sleep(0.05)
+        if roles.count("active") != 1 or roles.count("standby") != len(relays) - 1:
+            return False
+        leader = relays[roles.index("active")]
+        text = await leader.metrics()
+        if (metric(text, "realtime_relay_ticks_total")
+                + metric(text, "realtime_relay_published_total")) < 1:
+            return False
+        found.append(leader)
+        return True
 
-
-async def eventually(check: Any, timeout: float, what: str) -> None:
-    """Wait for an async ``check()`` to be true (TimeoutError names ``what``)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.05)
+    await wait_until(settled, timeout, "a single active relay")
+    return found[-1]
 
 
 async def _is(relay: RelayProcess, role: str) -> bool:
@@ -173,14 +168,6 @@ async def write(edge_url: str, n: int, docs: int = 10, tenant: str = "A",
             if pause:
                 await asyncio.sleep(pause)
     return written
-
-
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def assert_exactly_once_in_order(sub: Subscriber, written: set[tuple[str, int]]) -> None:
@@ -291,9 +278,7 @@ async def test_the_standby_relay_takes_over_within_5_s_of_a_kill_9(env: dict[str
             takeovers = metric(await standby.metrics(), "realtime_relay_takeovers_total")
             first.kill()
             killed = time.monotonic()
-            while await standby.role() != "active":
-                assert time.monotonic() - killed < 5.0, "the standby did not take over in 5 s"
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: _is(standby, "active"), 5.0, "the standby's takeover")
             took = time.monotonic() - killed
             written = await writer
             await until(lambda: all(s.keys() >= written for s in subs), 60, "every change")
@@ -448,7 +433,7 @@ async def test_a_paused_relay_that_wakes_up_after_a_takeover_cannot_append_with_
             assert first.proc is not None
             first.proc.send_signal(signal.SIGSTOP)  # alive, but silent: the standby takes over
             try:
-                await eventually(lambda: _is(other, "active"), 15, "the takeover")
+                await wait_until(lambda: _is(other, "active"), 15, "the takeover")
             finally:
                 first.proc.send_signal(signal.SIGCONT)
             written = await writer
@@ -458,7 +443,7 @@ async def test_a_paused_relay_that_wakes_up_after_a_takeover_cannot_append_with_
                 roles = sorted([str(await r.role()) for r in relays])
                 return roles == ["active", "standby"] and await fenced() > fenced_before
 
-            await eventually(settled, 15, "one relay fenced out, the other active")
+            await wait_until(settled, 15, "one relay fenced out, the other active")
         finally:
             sub.stop()
             await task
