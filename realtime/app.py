@@ -29,6 +29,7 @@ from starlette.requests import Request
 
 from realtime import __version__, _compat
 from realtime.api import asyncapi, health, rest, ws
+from realtime.api.deps import declare_security
 from realtime.api.headers import SecurityHeadersMiddleware, docs_csp
 from realtime.api.problems import install_handlers
 from realtime.auth import Authenticator, install_log_redaction
@@ -114,13 +115,15 @@ def _drop_null_parameters(schema: dict[str, Any]) -> None:
 
 
 def _add_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
-    """Add ``schemas`` to the OpenAPI components (the REST bodies refer to them)."""
+    """Add ``schemas`` to the OpenAPI components (the REST bodies refer to them), and the
+    bearer credentials every ``/api`` operation takes."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            declare_security(schema)
             _drop_null_parameters(schema)
         return app.openapi_schema or build()
 

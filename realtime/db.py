@@ -99,6 +99,8 @@ _RESUMABLE_CODES = frozenset(
 _HISTORY_LOST_CODES = frozenset({286, 280})
 #: Seconds a cancelled PyMongo read may take to stop before it is left to close().
 _CANCEL_GRACE = 0.5
+#: Collection handles :meth:`Database.collection` keeps.
+HANDLES_KEPT = 1024
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -524,6 +526,8 @@ class Database:
         #: The server-selection timeout in seconds, for error messages.
         self._wait = settings.server_selection_timeout_ms / 1000
         self._prepared: set[str] = set()
+        #: Collection handles by name, the oldest dropped past :data:`HANDLES_KEPT`.
+        self._handles: dict[str, Collection] = {}
         self._pending: set[asyncio.Task[Any]] = set()
 
     async def ping(self) -> None:
@@ -571,8 +575,19 @@ class Database:
             return int(await self._client.local["oplog.rs"].estimated_document_count())
 
     def collection(self, name: str) -> Collection:
-        """A collection handle (no I/O)."""
-        return Collection(self._db.get_collection(name), self._wait)
+        """A collection handle (no I/O), kept for the next call with ``name``.
+
+        Making a driver's collection object costs more than a request's own work
+        (Motor builds it through its delegation machinery), so handles are kept:
+        at most :data:`HANDLES_KEPT`, the oldest dropped first (names come from
+        requests, so the map must not grow without bound).
+        """
+        handle = self._handles.get(name)
+        if handle is None:
+            if len(self._handles) >= HANDLES_KEPT:
+                del self._handles[next(iter(self._handles))]
+            handle = self._handles[name] = Collection(self._db.get_collection(name), self._wait)
+        return handle
 
     async def prepare_collection(self, name: str) -> None:
         """Create ``name`` with change-stream pre-images if it does not exist yet.

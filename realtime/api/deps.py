@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from realtime.auth import Action, Forbidden, Principal, Unauthenticated, bearer_token
 from realtime.config import Settings
 from realtime.db import Database
+from realtime.errors import BadRequest
 from realtime.names import COLLECTION_PATTERN
 from realtime.services import Services
 from realtime.store import Store
 
 __all__ = [
+    "BEARER_SCHEME",
+    "Caller",
+    "CallerDep",
     "CollectionPath",
     "DbDep",
-    "PrincipalDep",
     "ReaderDep",
     "ServicesDep",
     "SettingsDep",
-    "StoreDep",
     "WriterDep",
-    "get_principal",
+    "declare_security",
     "get_services",
 ]
 
@@ -45,10 +47,6 @@ async def _db(request: Request) -> Database:
     return get_services(request).db
 
 
-async def _store(request: Request) -> Store:
-    return get_services(request).store
-
-
 async def _settings(request: Request) -> Settings:
     return get_services(request).settings
 
@@ -58,22 +56,65 @@ CollectionPath = Annotated[str, Path(
     pattern=COLLECTION_PATTERN, description="A collection name (not `system*`).",
     examples=["orders"])]
 
-# Declares the scheme in the OpenAPI schema; the header is read by get_principal.
-_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
-                     description="An API key or a JWT (docs/security.md).")
+#: The credentials every ``/api`` route takes, as the OpenAPI document declares them
+#: (:func:`declare_security`); the routes read the header through :class:`Caller`.
+BEARER_SCHEME: dict[str, Any] = {"type": "http", "scheme": "bearer",
+                                 "description": "An API key or a JWT (docs/security.md)."}
 
 
-async def get_principal(
-    request: Request,
-    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+def declare_security(schema: dict[str, Any], prefix: str = "/api") -> None:
+    """Declare :data:`BEARER_SCHEME` as ``bearer`` on every operation under ``prefix``.
+
+    (A security dependency would declare it too, at a cost on every request.)
+    """
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = \
+        BEARER_SCHEME
+    for path, item in schema.get("paths", {}).items():
+        if path.startswith(prefix + "/") or path == prefix:
+            for operation in item.values():
+                if isinstance(operation, dict):
+                    operation["security"] = [{"bearer": []}]
+
+
+def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare (a typo like ``fitler=``
+    would otherwise silently list everything).
+
+    Raises:
+        BadRequest: an unknown query parameter (400).
+    """
+    if not request.scope.get("query_string"):
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:  # pragma: no cover - always an APIRoute here
+        return
+    known = list(dict.fromkeys(param.alias for param in _query_params(dependant)))
+    unknown = sorted(set(request.query_params) - set(known))
+    if unknown:
+        listed = ", ".join(repr(name[:40]) for name in unknown[:5])
+        takes = f"this operation takes {', '.join(known)}" if known else \
+            "this operation takes no query parameters"
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {listed}; {takes}",
+            invalid_params=[{"name": name[:64], "in": "query", "reason": f"unknown; {takes}"}
+                            for name in unknown])
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    params = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        params += _query_params(sub)
+    return params
+
+
+def _authenticated(request: Request, services: Services) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``, charged one request.
 
     Raises:
         Unauthenticated: missing or invalid credentials (401).
         TooManyRequests: over the credential's rate (429).
     """
-    services = get_services(request)
     limits = services.limits
     try:
         principal = services.auth.authenticate(bearer_token(request.headers.get("authorization")))
@@ -84,34 +125,68 @@ async def get_principal(
     return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller of a document route, and the lifespan's services.
+
+    One dependency per route rather than one per resource: FastAPI solves each
+    dependency with its own bookkeeping (parameters, cache keys), which a
+    profile of REST writes showed costing more than the route's own work.
+    """
+
+    principal: Principal
+    services: Services
+
+    @property
+    def store(self) -> Store:
+        """The document store."""
+        return self.services.store
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the process started with."""
+        return self.services.settings
 
 
-def _require(request: Request, principal: Principal, action: Action,
-             collection: str) -> Principal:
-    try:
-        principal.require(action, collection)
-    except Forbidden:
-        get_services(request).limits.reject("forbidden")
-        raise
-    return principal
+def _caller(request: Request, action: Action | None, collection: str = "") -> Caller:
+    """The checks of every ``/api`` route, in order: the query, the credentials, the right.
+
+    Raises:
+        BadRequest: an unknown query parameter (400).
+        Unauthenticated: missing or invalid credentials (401).
+        TooManyRequests: over the credential's rate (429).
+        Forbidden: the credentials may not ``action`` the collection (403).
+    """
+    _known_query(request)
+    services = get_services(request)
+    principal = _authenticated(request, services)
+    if action is not None:
+        try:
+            principal.require(action, collection)
+        except Forbidden:
+            services.limits.reject("forbidden")
+            raise
+    return Caller(principal, services)
 
 
-async def _reader(request: Request, collection: CollectionPath,
-                  principal: PrincipalDep) -> Principal:
-    return _require(request, principal, "read", collection)
+async def _anyone(request: Request) -> Caller:
+    return _caller(request, None)
 
 
-async def _writer(request: Request, collection: CollectionPath,
-                  principal: PrincipalDep) -> Principal:
-    return _require(request, principal, "write", collection)
+async def _reader(request: Request, collection: CollectionPath) -> Caller:
+    return _caller(request, "read", collection)
+
+
+async def _writer(request: Request, collection: CollectionPath) -> Caller:
+    return _caller(request, "write", collection)
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
 DbDep = Annotated[Database, Depends(_db)]
-StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-#: The caller, allowed to read the path's ``{collection}`` (else 403).
-ReaderDep = Annotated[Principal, Depends(_reader)]
-#: The caller, allowed to write the path's ``{collection}`` (else 403).
-WriterDep = Annotated[Principal, Depends(_writer)]
+#: The caller (else 400, 401 or 429).
+CallerDep = Annotated[Caller, Depends(_anyone)]
+#: The caller, allowed to read the path's ``{collection}`` (else 400, 401, 403 or 429).
+ReaderDep = Annotated[Caller, Depends(_reader)]
+#: The caller, allowed to write the path's ``{collection}`` (else 400, 401, 403 or 429).
+WriterDep = Annotated[Caller, Depends(_writer)]

@@ -24,17 +24,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from realtime import protocol, query
 from realtime.api.deps import (
+    CallerDep,
     CollectionPath,
-    PrincipalDep,
     ReaderDep,
-    ServicesDep,
-    SettingsDep,
-    StoreDep,
     WriterDep,
     get_services,
 )
@@ -73,37 +70,9 @@ from realtime.subscription import Subscription
 __all__ = ["REPLAYED", "SCHEMAS", "parse_if_match", "read_body", "read_json", "router"]
 
 
-async def _known_query(request: Request) -> None:
-    """Refuse query parameters the route does not declare (a typo like ``fitler=``
-    would otherwise silently list everything).
-
-    Raises:
-        BadRequest: an unknown query parameter (400).
-    """
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:  # pragma: no cover - always an APIRoute here
-        return
-    known = list(dict.fromkeys(param.alias for param in _query_params(dependant)))
-    unknown = sorted(set(request.query_params) - set(known))
-    if unknown:
-        listed = ", ".join(repr(name[:40]) for name in unknown[:5])
-        takes = f"this operation takes {', '.join(known)}" if known else \
-            "this operation takes no query parameters"
-        raise BadRequest(
-            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {listed}; {takes}",
-            invalid_params=[{"name": name[:64], "in": "query", "reason": f"unknown; {takes}"}
-                            for name in unknown])
-
-
-def _query_params(dependant: Any) -> list[Any]:
-    params = list(dependant.query_params)
-    for sub in dependant.dependencies:
-        params += _query_params(sub)
-    return params
-
-
-router = APIRouter(prefix="/api", tags=["documents"], dependencies=[Depends(_known_query)])
+#: Every route takes a :class:`~realtime.api.deps.Caller` (``CallerDep``, ``ReaderDep`` or
+#: ``WriterDep``): it refuses unknown query parameters and checks the credentials.
+router = APIRouter(prefix="/api", tags=["documents"])
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -472,12 +441,13 @@ _BULK_SCHEMA: dict[str, Any] = {
         "properties": {"collections": {"type": "array", "items": {"type": "string"}}},
     }), **_problems()},
 )
-async def list_collections(store: StoreDep, principal: PrincipalDep) -> Response:
+async def list_collections(caller: CallerDep) -> Response:
     """``{"collections": [...]}``: the allow-list if configured, else the database's.
 
     Only the collections the credentials may read or write are listed.
     """
-    names = [name for name in await store.collections() if principal.can_any(name)]
+    names = [name for name in await caller.store.collections()
+             if caller.principal.can_any(name)]
     return Response(dumps({"collections": names}), media_type=JSON)
 
 
@@ -490,12 +460,12 @@ async def list_collections(store: StoreDep, principal: PrincipalDep) -> Response
                **_problems(400, 404, 409, 413, 415, 422)},
     openapi_extra=_body(_ref("NewDocument"), JSON),
 )
-async def insert_document(collection: CollectionPath, request: Request, store: StoreDep,
-                          settings: SettingsDep, principal: WriterDep,
+async def insert_document(collection: CollectionPath, request: Request, caller: WriterDep,
                           idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Insert the body (``_id`` optional: an ObjectId is generated) at ``_version`` 1."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
-    raw = await read_body(request, settings)
+    raw = await read_body(request, caller.settings)
     doc = _document(loads(raw))
 
     async def run(op: str | None) -> Response:
@@ -520,12 +490,12 @@ async def insert_document(collection: CollectionPath, request: Request, store: S
                                         "fails on its own (status 422 in `items`).",
                          "items": {}}, JSON),
 )
-async def insert_documents(collection: CollectionPath, request: Request, store: StoreDep,
-                           settings: SettingsDep, principal: WriterDep,
+async def insert_documents(collection: CollectionPath, request: Request, caller: WriterDep,
                            idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Insert a JSON array of at most 1000 documents in order, stopping at the first failure."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
-    raw = await read_body(request, settings)
+    raw = await read_body(request, caller.settings)
     items = loads(raw)
     if not isinstance(items, list):
         raise InvalidDocument("a bulk body must be a JSON array of documents")
@@ -589,8 +559,7 @@ def _mongo_filter(text: str | None) -> dict[str, Any]:
 )
 async def list_documents(
     collection: CollectionPath,
-    store: StoreDep,
-    principal: ReaderDep,
+    caller: ReaderDep,
     filter_: FilterQuery = None,
     sort: Annotated[str | None, Query(
         max_length=2048, description="Comma-separated fields, `-` for descending: `-ts,name`."
@@ -605,6 +574,7 @@ async def list_documents(
 
     With ``fields``, each document carries only those fields (and ``_id``, ``_version``).
     """
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     projection = _projection(fields)
     page = await store.list(collection, filter=_mongo_filter(filter_), sort=parse_sort(sort),
@@ -679,9 +649,7 @@ class _Nowhere:
 )
 async def list_changes(
     collection: CollectionPath,
-    store: StoreDep,
-    services: ServicesDep,
-    principal: ReaderDep,
+    caller: ReaderDep,
     since_time: Annotated[str | None, Query(
         max_length=64, description="RFC 3339: changes committed at or after this time, "
                                    "e.g. `2026-01-01T09:00:00Z`.")] = None,
@@ -697,6 +665,7 @@ async def list_changes(
 
     Give ``since_time`` for the first page, then ``since`` = the previous ``next``.
     """
+    store, services, principal = caller.store, caller.services, caller.principal
     store.check_collection(collection)
     if (since is None) == (since_time is None):
         raise BadRequest("give one of since_time (RFC 3339) or since (an event id)",
@@ -729,9 +698,10 @@ async def list_changes(
     summary="Count documents (filter)",
     responses={**_ok(200, "How many documents match.", _COUNT_SCHEMA), **_problems(400, 404)},
 )
-async def count_documents(collection: CollectionPath, store: StoreDep, principal: ReaderDep,
+async def count_documents(collection: CollectionPath, caller: ReaderDep,
                           filter_: FilterQuery = None) -> Response:
     """``{"count": N}``: how many documents match ``filter`` (the caller's tenant's only)."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     count = await store.count(collection, filter=_mongo_filter(filter_), tenant=principal.tenant)
     return Response(dumps({"count": count}), media_type=JSON)
@@ -743,9 +713,9 @@ async def count_documents(collection: CollectionPath, store: StoreDep, principal
     responses={**_ok(200, "The document.", _DOCUMENT_SCHEMA, etag=True),
                **_problems(400, 404)},
 )
-async def get_document(collection: CollectionPath, id: IdPath, store: StoreDep,
-                       principal: ReaderDep) -> Response:
+async def get_document(collection: CollectionPath, id: IdPath, caller: ReaderDep) -> Response:
     """The document with this id (24-hex = ObjectId), with its ``ETag``."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     return _doc_response(await store.get(collection, _path_id(id), tenant=principal.tenant))
 
@@ -760,14 +730,14 @@ async def get_document(collection: CollectionPath, id: IdPath, store: StoreDep,
     openapi_extra=_body(_ref("DocumentBody"), JSON),
 )
 async def replace_document(collection: CollectionPath, id: IdPath, request: Request,
-                           store: StoreDep, settings: SettingsDep, principal: WriterDep,
-                           if_match: IfMatchHeader = None,
+                           caller: WriterDep, if_match: IfMatchHeader = None,
                            idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Replace the document (``_version`` + 1) or create it; ``If-Match`` makes it conditional."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
-    raw = await read_body(request, settings)
+    raw = await read_body(request, caller.settings)
     doc = _document(loads(raw))
 
     async def run(op: str | None) -> Response:
@@ -787,15 +757,15 @@ async def replace_document(collection: CollectionPath, id: IdPath, request: Requ
                **_problems(400, 404, 409, 412, 413, 415, 422)},
     openapi_extra=_body(_ref("DocumentBody"), MERGE_PATCH, JSON),
 )
-async def patch_document(collection: CollectionPath, id: IdPath, request: Request, store: StoreDep,
-                         settings: SettingsDep, principal: WriterDep,
-                         if_match: IfMatchHeader = None,
+async def patch_document(collection: CollectionPath, id: IdPath, request: Request,
+                         caller: WriterDep, if_match: IfMatchHeader = None,
                          idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Merge the patch into the document: objects merge, ``null`` removes, the rest replaces."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
-    raw = await read_body(request, settings, patch=True)
+    raw = await read_body(request, caller.settings, patch=True)
     body = loads(raw)
     if not isinstance(body, dict):
         raise InvalidDocument("a merge patch for a document must be a JSON object")
@@ -818,9 +788,10 @@ async def patch_document(collection: CollectionPath, id: IdPath, request: Reques
                **_problems(400, 404, 409, 412, 422)},
 )
 async def delete_document(collection: CollectionPath, id: IdPath, request: Request,
-                          store: StoreDep, principal: WriterDep, if_match: IfMatchHeader = None,
+                          caller: WriterDep, if_match: IfMatchHeader = None,
                           idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Delete the document; 404 if absent, 412 if ``If-Match`` does not match."""
+    store, principal = caller.store, caller.principal
     store.check_collection(collection)
     key = _path_id(id)
     precondition = parse_if_match(if_match)
