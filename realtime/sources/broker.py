@@ -28,7 +28,6 @@ newly needed is read from the position its first subscriber was told.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -49,6 +48,7 @@ from realtime.interest import Interest, pattern_of
 from realtime.jetstream import Broker, BrokerUnavailable, Consumer, Message, Refused
 from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle
 from realtime.subscription import Cluster, Phase, Subscription
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["BrokerHistory", "BrokerSource"]
 
@@ -140,10 +140,7 @@ class BrokerSource:
     async def stop(self) -> None:
         """Cancel the consumer task and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.lifecycle.stop()
 
     async def wait_live(self, timeout: float) -> None:
@@ -278,11 +275,7 @@ class BrokerSource:
             try:
                 await asyncio.wait((fetch, waiter), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (waiter, fetch):
-                    if not task.done():
-                        task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_wait(waiter, fetch)  # raises what the fetch raised
             if fetch.cancelled():
                 raise _Restart  # the interest changed while nothing came
             msgs = fetch.result()
@@ -472,12 +465,7 @@ class BrokerHistory:
 
     async def stop(self) -> None:
         """Cancel every replay and wait for them."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         await self._database.stop()
 
     async def _replay(self, subscription: Subscription, since: str) -> None:

@@ -36,6 +36,7 @@ from realtime.events import STREAM_OPS, Event, normalise
 from realtime.histogram import LatencyBuckets
 from realtime.names import IDEMPOTENCY_COLLECTION
 from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "Sink", "pipeline"]
 
@@ -200,10 +201,7 @@ class Feed:
     async def stop(self) -> None:
         """Cancel the watcher task and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.lifecycle.stop()
         self._warmed("stopped")
 
