@@ -46,7 +46,7 @@ from realtime.histogram import LatencyBuckets
 from realtime.hub import Hub
 from realtime.interest import Interest, pattern_of
 from realtime.jetstream import Broker, BrokerUnavailable, Consumer, Message, Refused
-from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle
+from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, Lifecycle, WithLifecycle
 from realtime.subscription import Cluster, Phase, Subscription
 from realtime.tasks import cancel_and_wait
 
@@ -64,8 +64,12 @@ class _Restart(Exception):
     """Replace the consumer: the interest changed, or a gap was seen."""
 
 
-class BrokerSource:
-    """Consumes the subjects the hub's subscriptions need and publishes them to the hub."""
+class BrokerSource(WithLifecycle):
+    """Consumes the subjects the hub's subscriptions need and publishes them to the hub.
+
+    Its state (``state``, ``live``, ``status``, ``last_error``,
+    ``retrying_since``, ``wait_live``) is its :attr:`lifecycle`'s, as the feed's.
+    """
 
     #: The ``source`` label of what this process ingests.
     source: Final = "broker"
@@ -142,35 +146,6 @@ class BrokerSource:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self.lifecycle.stop()
-
-    async def wait_live(self, timeout: float) -> None:
-        """Wait until the consumer reads the stream (raises TimeoutError)."""
-        await self.lifecycle.wait_live(timeout)
-
-    @property
-    def state(self) -> FeedState:
-        """Where the source is (its :attr:`lifecycle`'s state)."""
-        return self.lifecycle.state
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the stream is not read, in words for people."""
-        return self.lifecycle.last_error
-
-    @property
-    def retrying_since(self) -> float | None:
-        """When the stream stopped being read (Unix seconds; None while live)."""
-        return self.lifecycle.retrying_since
-
-    @property
-    def live(self) -> bool:
-        """True while the stream is being read."""
-        return self.lifecycle.live
-
-    @property
-    def status(self) -> str:
-        """What a ``status`` message says now."""
-        return self.lifecycle.status
 
     @property
     def lag(self) -> float | None:

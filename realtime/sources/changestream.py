@@ -35,7 +35,7 @@ from realtime.errors import HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, Event, normalise
 from realtime.histogram import LatencyBuckets
 from realtime.names import IDEMPOTENCY_COLLECTION
-from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle
+from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle, WithLifecycle
 from realtime.tasks import cancel_and_wait
 
 __all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "Sink", "pipeline"]
@@ -155,8 +155,11 @@ def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
     return [{"$match": match}]
 
 
-class Feed:
+class Feed(WithLifecycle):
     """Watches the database and publishes every change to the hub (or another sink).
+
+    Its state (``state``, ``live``, ``status``, ``last_error``,
+    ``retrying_since``, ``wait_live``) is its :attr:`lifecycle`'s.
 
     ``down_after``: seconds of retrying after which the state is ``DOWN``;
     ``keep_raw``: give each event its raw change (:attr:`Event.raw`) for a sink
@@ -211,35 +214,6 @@ class Feed:
         if self.last_event_wall is None:
             return None
         return max(0.0, time.time() - self.last_event_wall)
-
-    async def wait_live(self, timeout: float) -> None:
-        """Wait until the stream is open (raises TimeoutError)."""
-        await self.lifecycle.wait_live(timeout)
-
-    @property
-    def state(self) -> FeedState:
-        """Where the feed is (its :attr:`lifecycle`'s state)."""
-        return self.lifecycle.state
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the stream is not live, in words for people (no exception class names)."""
-        return self.lifecycle.last_error
-
-    @property
-    def retrying_since(self) -> float | None:
-        """When the stream stopped being live (Unix seconds; None while live)."""
-        return self.lifecycle.retrying_since
-
-    @property
-    def live(self) -> bool:
-        """True while the change stream is open."""
-        return self.lifecycle.live
-
-    @property
-    def status(self) -> str:
-        """What a ``status`` message says now: ``live``, ``retrying`` or ``down``."""
-        return self.lifecycle.status
 
     def database_gone(self, reason: str) -> None:
         """The database process exited (its supervisor says): ``down`` until live again.

@@ -32,7 +32,7 @@ from typing import Final, Protocol
 
 from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
 
-__all__ = ["DOWN_AFTER_SECONDS", "CallLater", "FeedState", "Lifecycle", "Timer"]
+__all__ = ["DOWN_AFTER_SECONDS", "CallLater", "FeedState", "Lifecycle", "Timer", "WithLifecycle"]
 
 #: Seconds of retrying after which a source is ``down``: not a blip any more.
 DOWN_AFTER_SECONDS: Final = 10.0
@@ -173,3 +173,38 @@ class Lifecycle:
             if self._on_down_after is not None:
                 self._on_down_after()
             self._enter(FeedState.DOWN)
+
+
+class WithLifecycle:
+    """A source's state as the service reads it (``/readyz``, metrics): its :attr:`lifecycle`'s."""
+
+    lifecycle: Lifecycle
+
+    @property
+    def state(self) -> FeedState:
+        """Where the source is."""
+        return self.lifecycle.state
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the source is not live, in words for people (no exception class names)."""
+        return self.lifecycle.last_error
+
+    @property
+    def retrying_since(self) -> float | None:
+        """When the source stopped being live (Unix seconds; None while live)."""
+        return self.lifecycle.retrying_since
+
+    @property
+    def live(self) -> bool:
+        """True while the source reads (the change stream is open, the stream is read)."""
+        return self.lifecycle.live
+
+    @property
+    def status(self) -> str:
+        """What a ``status`` message says now: ``live``, ``retrying`` or ``down``."""
+        return self.lifecycle.status
+
+    async def wait_live(self, timeout: float) -> None:
+        """Wait until the source is live (raises TimeoutError)."""
+        await self.lifecycle.wait_live(timeout)
