@@ -129,6 +129,10 @@ class Options:
             self.out = output_dir(self.quick)
         return self.out
 
+    def driver(self) -> str:
+        """The MongoDB driver of this run's realtime servers (``server_env``, else the default)."""
+        return self.server_env.get("REALTIME_DRIVER") or default_driver()
+
 
 def default_driver() -> str:
     """The driver a realtime server uses unless told otherwise (``REALTIME_DRIVER``)."""

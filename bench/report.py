@@ -1,6 +1,8 @@
 """The report builder: one envelope, three files per scenario, and the summary.
 
-Every scenario ends with :func:`finish`, which writes to the results directory:
+A scenario runs inside a :class:`Measurement` (its processes, stopped at the
+end, and its runs) and ends with :meth:`Measurement.finish` (:func:`finish`),
+which writes to the results directory:
 
 - ``<scenario>.json``: ``{"scenario", "quick", "machine", ...extra, "runs"}``;
 - ``<scenario>.md``: a header (when, on what, the load average) and the
@@ -28,9 +30,10 @@ from typing import Any
 
 import orjson
 
-from bench.harness import Options, Runs, load_average
+from bench.harness import Options, Runs, Stack, load_average
 
 __all__ = [
+    "Measurement",
     "Renderer",
     "Row",
     "cpu_note",
@@ -145,6 +148,43 @@ def finish(opts: Options, scenario: str, runs: Runs, render: Renderer,
             "runs": runs}
     write(opts.results(), data, render, opts.log)
     return data
+
+
+class Measurement:
+    """One run of a scenario: the processes it starts and the runs it measures.
+
+    ``async with Measurement(opts, scenario, render) as m`` gives :attr:`stack`
+    (created when first used, every process in it stopped when the block
+    ends, an exception or not) and :attr:`runs`; after the block,
+    :meth:`finish` writes the report.
+    """
+
+    def __init__(self, opts: Options, scenario: str, render: Renderer) -> None:
+        self.opts = opts
+        self.scenario = scenario
+        self.render = render
+        #: One dict per measured run.
+        self.runs: Runs = []
+        self._stack: Stack | None = None
+
+    @property
+    def stack(self) -> Stack:
+        """The scenario's processes (stopped at the end of the ``async with``)."""
+        if self._stack is None:
+            self._stack = Stack(self.opts)
+        return self._stack
+
+    async def __aenter__(self) -> Measurement:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.close()
+
+    def finish(self, **extra: Any) -> dict[str, Any]:
+        """The report (the machine, ``extra``, the runs), written (see :func:`finish`)."""
+        return finish(self.opts, self.scenario, self.runs, self.render, **extra)
 
 
 def write(out: Path, data: dict[str, Any], render: Renderer,

@@ -42,7 +42,6 @@ by every caller (:class:`OplogHorizon`). Every task is awaited by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -60,6 +59,7 @@ from realtime.errors import BadRequest, HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, cluster_time, normalise
 from realtime.hub import Hub
 from realtime.subscription import Cluster, Phase, Subscription
+from realtime.tasks import cancel_and_wait
 
 __all__ = [
     "HORIZON_WINDOW_SECONDS",
@@ -451,12 +451,7 @@ class DatabaseHistory:
 
     async def stop(self) -> None:
         """Cancel every catch-up and wait for them."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     async def _run(self, key: ReaderKey) -> None:
         """Read for ``key``'s collection until nobody waits: one reader after another."""

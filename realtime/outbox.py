@@ -22,7 +22,6 @@ subscription with the same id; otherwise as text.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from realtime import protocol
 from realtime.events import Event
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["BatchPolicy", "Batcher", "FrameSink", "Outbox", "Writable"]
 
@@ -383,8 +383,4 @@ class Outbox:
         """Stop the drainer task (if any) and wait for it."""
         self.closed = True
         self._pending = None
-        task = self._drainer
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._drainer)

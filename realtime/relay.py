@@ -39,6 +39,7 @@ from realtime.fencing import WRONG_LAST_SEQUENCE, Fence, Fenced, Role, Takeover,
 from realtime.histogram import LatencyBuckets
 from realtime.jetstream import Broker, BrokerUnavailable, Refused
 from realtime.sources.changestream import Feed
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["FencedOut", "Relay", "StreamWriter", "Tail", "read_tail", "run_relay"]
 
@@ -457,9 +458,7 @@ async def run_relay(settings: Settings, *, ready: Callable[[Relay], None] | None
                 ready(relay)
         await task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         relay.role = Role.STOPPED
         await broker.close()
         await db.close()

@@ -33,6 +33,7 @@ from realtime.limits import Limits
 from realtime.protocol import CloseCode
 from realtime.sources.changestream import Feed
 from realtime.store import Store
+from realtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from realtime.sources.broker import BrokerHistory, BrokerSource
@@ -143,11 +144,8 @@ async def running(settings: Settings, auth: Authenticator,
             await feed.broker.close()
         await db.close()
         if supervisor is not None:  # first: a deliberate stop is no crash to repair
-            supervisor.cancel()
             try:
-                await supervisor
-            except asyncio.CancelledError:
-                pass
+                await cancel_and_wait(supervisor)
             except Exception:
                 log.exception("the embedded database's supervisor failed")
         if embedded is not None:

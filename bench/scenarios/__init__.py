@@ -1,7 +1,8 @@
 """The scenarios, one module each, and their registry.
 
 Every scenario module has ``async def run(opts) -> dict`` (starts what it
-needs, measures, returns the report it wrote with :func:`bench.report.finish`)
+needs in a :class:`bench.report.Measurement`, measures, returns the report it
+wrote with :meth:`~bench.report.Measurement.finish`)
 and ``RENDER``, its :class:`bench.report.Renderer`. docs/performance.md has the targets;
 ``bench/README.md`` explains every figure.
 """

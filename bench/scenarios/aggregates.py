@@ -36,7 +36,6 @@ from bench.harness import (
     Options,
     RestWriter,
     Runs,
-    Stack,
     latency_stats,
     spread,
 )
@@ -66,9 +65,8 @@ async def run(opts: Options) -> dict[str, Any]:
     n = (opts.sizes or (20,))[0] if opts.quick else (opts.sizes or (1000,))[0]
     rate = 100
     duration = 2.0 if opts.quick else 8.0
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "aggregates", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         for mode, spec in MODES.items():
             db = await stack.database()
             database = f"bench_{uuid.uuid4().hex[:8]}"
@@ -117,9 +115,7 @@ async def run(opts: Options) -> dict[str, Any]:
                      f"ms p99 {fmt(lat['p99'], 2)} ms, {got.total} messages, "
                      f"{result['bytes_per_message']} B each, server "
                      f"{result['server_us_per_write']} µs/write; {cpu_note(cpu)}")
-    finally:
-        await stack.close()
-    return report.finish(opts, "aggregates", runs, RENDER, update=update_bytes())
+    return measurement.finish(update=update_bytes())
 
 
 def update_bytes() -> dict[str, int]:

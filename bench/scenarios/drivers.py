@@ -85,9 +85,8 @@ async def run(opts: Options) -> dict[str, Any]:
     inserts = 100 if opts.quick else 2000
     events = 20 if opts.quick else 200
     ws_writes = 20 if opts.quick else 300
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "drivers", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         for r in range(rounds):
             for driver in DRIVERS if r % 2 == 0 else tuple(reversed(DRIVERS)):
                 db = await stack.database()
@@ -115,9 +114,7 @@ async def run(opts: Options) -> dict[str, Any]:
                          f"{fmt(row['ws_ms']['p50'], 2)} ms p99 {fmt(row['ws_ms']['p99'], 2)} ms; "
                          f"at {PACED_RATE}/s REST ack p50 {fmt(row['paced_ack_ms']['p50'], 2)} "
                          f"ms, insert_one alone {fmt(row['paced_insert_ms']['p50'], 2)} ms")
-    finally:
-        await stack.close()
-    return report.finish(opts, "drivers", runs, RENDER, medians=medians(runs))
+    return measurement.finish(medians=medians(runs))
 
 
 async def _next_event(stream: ChangeStream, timeout: float) -> dict[str, Any] | None:

@@ -28,7 +28,6 @@ from bench.harness import (
     Options,
     Runs,
     Stack,
-    default_driver,
     latency_stats,
     other_driver,
     profile_server,
@@ -46,11 +45,10 @@ async def run(opts: Options) -> dict[str, Any]:
     """Run the scenario; return (and write) its report."""
     sizes = opts.sizes or ((20,) if opts.quick else (100, 500, 1000, 2000))
     messages = 2_000 if opts.quick else 300_000
-    driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
+    driver = opts.driver()
     other = other_driver(driver)
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "fanout", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         database = f"bench_{uuid.uuid4().hex[:8]}"
         servers = [("realtime", driver, await stack.realtime(db.uri, database))]
@@ -124,10 +122,7 @@ async def run(opts: Options) -> dict[str, Any]:
                      + f"; {cpu_note(cpu)}")
         if opts.profile and not opts.quick:
             await _profile(opts, stack, db.uri, database, servers[0][2])
-    finally:
-        await stack.close()
-    return report.finish(opts, "fanout", runs, RENDER,
-                         offered_messages_per_s=OFFERED, default_driver=driver)
+    return measurement.finish(offered_messages_per_s=OFFERED, default_driver=driver)
 
 
 def _template(example: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from bench import report
-from bench.harness import PAD, CpuWindow, DbWriter, Load, Options, Runs, Stack
+from bench.harness import PAD, CpuWindow, DbWriter, Load, Options, Runs
 from bench.report import Row, cpu_note
 
 __all__ = ["KEY_SPACE", "RENDER", "matching_cost", "range_filter", "run"]
@@ -91,9 +91,8 @@ async def run(opts: Options) -> dict[str, Any]:
     """Run the scenario; return (and write) its report."""
     n = opts.sizes[0] if opts.sizes else (50 if opts.quick else 1000)
     events = 200 if opts.quick else 5000
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "filters", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         database = f"bench_{uuid.uuid4().hex[:8]}"
         server = await stack.realtime(db.uri, database)
@@ -147,9 +146,7 @@ async def run(opts: Options) -> dict[str, Any]:
                      f" {result['events_per_s']:,.0f} events/s, "
                      f"{result['deliveries_per_s']:,.0f} deliveries/s, delivered "
                      f"{got.total}/{expected}; {cpu_note(cpu)}")
-    finally:
-        await stack.close()
-    return report.finish(opts, "filters", runs, RENDER)
+    return measurement.finish()
 
 
 def table(runs: Runs) -> str:

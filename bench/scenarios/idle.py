@@ -47,9 +47,8 @@ async def run(opts: Options) -> dict[str, Any]:
     heartbeat = 0.5 if opts.quick else 5.0
     rest = 1.0 if opts.quick else 10.0
     limit = raise_fd_limit()
-    runs: Runs = []
-    stack = Stack(opts)
-    try:
+    async with report.Measurement(opts, "idle", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         for n in sizes:
             if n + 200 > limit:
@@ -99,9 +98,7 @@ async def run(opts: Options) -> dict[str, Any]:
             await server.stop()
         if opts.profile and not opts.quick:
             await _breakdown(opts, stack, db.uri)
-    finally:
-        await stack.close()
-    return report.finish(opts, "idle", runs, RENDER)
+    return measurement.finish()
 
 
 async def _breakdown(opts: Options, stack: Stack, uri: str) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench import report
-from bench.harness import PAD, Options, Runs, Stack
+from bench.harness import PAD, Options, Runs
 from bench.report import Row, fmt
 from bench.scenarios.filters import KEY_SPACE, range_filter
 
@@ -254,9 +254,8 @@ async def run(opts: Options) -> dict[str, Any]:
     drivers = ("motor", "pymongo")
     recorded = 200 if opts.quick else RECORDED
     sizes = opts.sizes or ((0, 50) if opts.quick else SIZES)
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "ingest", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         database = f"bench_{uuid.uuid4().hex[:8]}"
         for driver in drivers:
@@ -280,9 +279,7 @@ async def run(opts: Options) -> dict[str, Any]:
                              f"{result['events_per_s']:>9,.0f} events/s, "
                              f"{result['cpu_us_per_event']} µs/event, "
                              f"{result['matches_per_event']} matches/event")
-    finally:
-        await stack.close()
-    return report.finish(opts, "ingest", runs, RENDER)
+    return measurement.finish()
 
 
 def table(runs: Runs) -> str:

@@ -38,7 +38,6 @@ from bench.harness import (
     RestWriter,
     Runs,
     Stack,
-    default_driver,
     insert_floor,
     latency_stats,
     other_driver,
@@ -56,7 +55,8 @@ PEER_LOADS = ((100, 100), (500, 100), (1000, 50), (500, 200), (2000, 25))
 
 async def run(opts: Options) -> dict[str, Any]:
     """Run the scenario; return (and write) its report."""
-    runs: Runs = []
+    measurement = report.Measurement(opts, "latency", RENDER)  # each part has its own stack
+    runs = measurement.runs
     if opts.part != "rest":
         if opts.quick and shutil.which("node") is None:
             opts.log("latency: node is not installed; the quick run skips the Node.js peer")
@@ -64,8 +64,7 @@ async def run(opts: Options) -> dict[str, Any]:
             await _against_peer(opts, runs)
     if opts.part != "peer":
         await _through_rest(opts, runs)
-    driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
-    return report.finish(opts, "latency", runs, RENDER, default_driver=driver)
+    return measurement.finish(default_driver=opts.driver())
 
 
 async def _against_peer(opts: Options, runs: Runs) -> None:
@@ -79,7 +78,7 @@ async def _against_peer(opts: Options, runs: Runs) -> None:
     else:
         loads = tuple(load for load in PEER_LOADS if not opts.sizes or load[0] in opts.sizes)
     rounds = opts.rounds or (1 if opts.quick else 3)
-    driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
+    driver = opts.driver()
     servers = [f"realtime-{driver}", f"realtime-{other_driver(driver)}", "node"]
     if opts.quick:
         servers = [f"realtime-{driver}", "node"]
@@ -216,7 +215,7 @@ async def _direct(opts: Options, stack: Stack, db: Any, database: str, name: str
 
 async def _through_rest(opts: Options, runs: Runs) -> None:
     """The REST grid: realtime's own writer path, request sent → change received."""
-    driver = opts.server_env.get("REALTIME_DRIVER") or default_driver()
+    driver = opts.driver()
     other = other_driver(driver)
     plan: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
     if opts.quick:

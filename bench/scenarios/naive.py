@@ -22,7 +22,6 @@ from bench.harness import (
     Load,
     Options,
     Runs,
-    Stack,
     latency_stats,
     spread,
 )
@@ -41,9 +40,8 @@ async def run(opts: Options) -> dict[str, Any]:
     paced_seconds = 1.0 if opts.quick else 3.0
     burst_messages = 500 if opts.quick else 200_000
     deadline = 30.0 if opts.quick else DEADLINE
-    stack = Stack(opts)
-    runs: Runs = []
-    try:
+    async with report.Measurement(opts, "naive", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         database = f"bench_{uuid.uuid4().hex[:8]}"
         realtime_server = await stack.realtime(db.uri, database)
@@ -112,9 +110,7 @@ async def run(opts: Options) -> dict[str, Any]:
             # The naive p99 not received within the deadline: the ratio is at least this.
             rt["p99_ratio_at_least"] = (round(deadline * 1000 / rp99, 1)
                                         if rp99 and np99 is None else None)
-    finally:
-        await stack.close()
-    return report.finish(opts, "naive", runs, RENDER)
+    return measurement.finish()
 
 
 def _p99_at_least(runs: Runs) -> None:

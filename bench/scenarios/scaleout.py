@@ -294,9 +294,8 @@ async def run(opts: Options) -> dict[str, Any]:
         sizes = opts.sizes or (1, 2, 3, 4)
         subscribers, tenants, rates, seconds = 400, 16, RATES, 4.0
     names = [f"t{k}" for k in range(tenants)]
-    runs: Runs = []
-    stack = Stack(opts)
-    try:
+    async with report.Measurement(opts, "scaleout", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         nats, url = await nats_server(stack)
         # One generator for every setup: its event ids never repeat (JetStream would
@@ -308,9 +307,7 @@ async def run(opts: Options) -> dict[str, Any]:
                 runs.extend(await one_setup(opts, stack, db.uri, url, nats.pid, generator,
                                             edges, control, subscribers, names, rates,
                                             seconds))
-    finally:
-        await stack.close()
-    return report.finish(opts, "scaleout", runs, RENDER, efficiency=efficiency(runs))
+    return measurement.finish(efficiency=efficiency(runs))
 
 
 def best(runs: Runs, edges: int, control: bool) -> float:

@@ -64,9 +64,8 @@ async def run(opts: Options) -> dict[str, Any]:
     filler = 2_000 if opts.quick else 50_000
     changes = 50 if opts.quick else 250
     limit = raise_fd_limit()
-    runs: Runs = []
-    stack = Stack(opts)
-    try:
+    async with report.Measurement(opts, "storm", RENDER) as measurement:
+        stack, runs = measurement.stack, measurement.runs
         db = await stack.database()
         for n in sizes:
             if n + 200 > limit:
@@ -81,9 +80,7 @@ async def run(opts: Options) -> dict[str, Any]:
             for warm in (True, False):
                 env = {"REALTIME_RING_WARM_SECONDS": "10" if warm else "0"}
                 runs.append(await _restart(stack, opts, db.uri, database, n, changes, env))
-    finally:
-        await stack.close()
-    return report.finish(opts, "storm", runs, RENDER)
+    return measurement.finish()
 
 
 async def _restart(stack: Stack, opts: Options, uri: str, database: str, n: int,

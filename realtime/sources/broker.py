@@ -21,13 +21,13 @@ newly needed is read from the position its first subscriber was told.
   it) a change-stream catch-up from the database, else ``resync:
   history_lost``.
 - **NATS away**: the source is ``retrying`` (then ``down``), reconnects, and
-  resumes after the last message read.
+  resumes after the last message read: the same
+  :class:`~realtime.sources.lifecycle.Lifecycle` as the feed's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -46,9 +46,9 @@ from realtime.histogram import LatencyBuckets
 from realtime.hub import Hub
 from realtime.interest import Interest, pattern_of
 from realtime.jetstream import Broker, BrokerUnavailable, Consumer, Message, Refused
-from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
-from realtime.sources.changestream import DOWN_AFTER_SECONDS, FeedState
+from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, Lifecycle, WithLifecycle
 from realtime.subscription import Cluster, Phase, Subscription
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["BrokerHistory", "BrokerSource"]
 
@@ -59,17 +59,17 @@ FETCH_SECONDS: Final = 2.0
 #: Seconds without any message (not even a tick) after which the consumer is replaced.
 STALL_SECONDS: Final = 3 * FETCH_SECONDS
 
-_STATUS: Final = {FeedState.STARTING: FEED_RETRYING, FeedState.LIVE: FEED_LIVE,
-                  FeedState.RETRYING: FEED_RETRYING, FeedState.DOWN: FEED_DOWN,
-                  FeedState.STOPPED: FEED_DOWN}
-
 
 class _Restart(Exception):
     """Replace the consumer: the interest changed, or a gap was seen."""
 
 
-class BrokerSource:
-    """Consumes the subjects the hub's subscriptions need and publishes them to the hub."""
+class BrokerSource(WithLifecycle):
+    """Consumes the subjects the hub's subscriptions need and publishes them to the hub.
+
+    Its state (``state``, ``live``, ``status``, ``last_error``,
+    ``retrying_since``, ``wait_live``) is its :attr:`lifecycle`'s, as the feed's.
+    """
 
     #: The ``source`` label of what this process ingests.
     source: Final = "broker"
@@ -79,22 +79,16 @@ class BrokerSource:
         self._broker = broker
         self._hub = hub
         self._settings = settings
-        self._down_after = down_after
         self._tenant_field = settings.tenant_key
         self.interest = Interest()
         #: Per pattern: the ring number after which the ring holds all of it.
         self._covered: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._live = asyncio.Event()
-        self._down_timer: asyncio.TimerHandle | None = None
-        self.state = FeedState.STARTING
-        hub.status(_STATUS[self.state])
+        self.lifecycle = Lifecycle(hub.status, down_after=down_after)
         hub.watcher = self
         #: The stream sequence of the last message read (the next consumer starts after it).
         self.seq = 0
-        self.last_error: str | None = None
-        self.retrying_since: float | None = None
         self.restarts = 0
         #: Consumer sequence jumps seen (each repaired from JetStream).
         self.gaps = 0
@@ -142,7 +136,7 @@ class BrokerSource:
                   if p in self._covered]
         return bool(starts) and seq > min(starts)
 
-    # -- state (as the feed's) -------------------------------------------------------
+    # -- state (a Lifecycle, as the feed's) -------------------------------------------
     def start(self) -> None:
         """Start the consumer task."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="realtime-broker")
@@ -150,26 +144,8 @@ class BrokerSource:
     async def stop(self) -> None:
         """Cancel the consumer task and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._cancel_down_timer()
-        self.state = FeedState.STOPPED
-
-    async def wait_live(self, timeout: float) -> None:
-        """Wait until the consumer reads the stream (raises TimeoutError)."""
-        await asyncio.wait_for(self._live.wait(), timeout)
-
-    @property
-    def live(self) -> bool:
-        """True while the stream is being read."""
-        return self.state is FeedState.LIVE
-
-    @property
-    def status(self) -> str:
-        """What a ``status`` message says now."""
-        return _STATUS[self.state]
+        await cancel_and_wait(task)
+        self.lifecycle.stop()
 
     @property
     def lag(self) -> float | None:
@@ -184,41 +160,17 @@ class BrokerSource:
     def database_back(self) -> None:
         """The database is not this source's: nothing to do."""
 
-    def _set_state(self, state: FeedState) -> None:
-        if state is not FeedState.RETRYING:
-            self._cancel_down_timer()
-        self.state = state
-        self._hub.status(_STATUS[state])
-
-    def _cancel_down_timer(self) -> None:
-        if self._down_timer is not None:
-            self._down_timer.cancel()
-            self._down_timer = None
-
-    def _retried_too_long(self) -> None:
-        self._down_timer = None
-        if self.state is FeedState.RETRYING:
-            self._set_state(FeedState.DOWN)
-
     def _went_live(self) -> None:
-        if self.state is not FeedState.LIVE:
+        if not self.lifecycle.live:
             log.info("reading the stream after sequence %d", self.seq)
-        self.retrying_since = None
-        self.last_error = None
-        self._set_state(FeedState.LIVE)
-        self._live.set()
+        self.lifecycle.went_live()
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
         self.restarts += 1
-        self._live.clear()
-        self.last_error = exc.detail if isinstance(exc, BrokerUnavailable | Refused) else str(exc)
-        if self.state not in (FeedState.RETRYING, FeedState.DOWN):
-            self.retrying_since = time.time()
-            self._set_state(FeedState.RETRYING)
-            self._down_timer = asyncio.get_running_loop().call_later(
-                self._down_after, self._retried_too_long)
+        error = exc.detail if isinstance(exc, BrokerUnavailable | Refused) else str(exc)
+        self.lifecycle.retrying(error)
         delay = backoff.next_delay()
-        log.warning("reading the stream failed (%s); retry in %.2f s", self.last_error, delay)
+        log.warning("reading the stream failed (%s); retry in %.2f s", error, delay)
         await asyncio.sleep(delay)
 
     # -- the consumer loop -----------------------------------------------------------
@@ -298,11 +250,7 @@ class BrokerSource:
             try:
                 await asyncio.wait((fetch, waiter), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (waiter, fetch):
-                    if not task.done():
-                        task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_wait(waiter, fetch)  # raises what the fetch raised
             if fetch.cancelled():
                 raise _Restart  # the interest changed while nothing came
             msgs = fetch.result()
@@ -492,12 +440,7 @@ class BrokerHistory:
 
     async def stop(self) -> None:
         """Cancel every replay and wait for them."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         await self._database.stop()
 
     async def _replay(self, subscription: Subscription, since: str) -> None:

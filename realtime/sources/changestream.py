@@ -11,10 +11,11 @@ The feed writes to a :class:`Sink`: the hub of a serving process, or the
 relay's JetStream writer (:mod:`realtime.relay`), which reuses this resume,
 retry and history-loss logic to publish the stream once for every edge.
 
-Every change of its state goes to the hub (:meth:`Hub.status`), which tells
-every connection (``status``): ``live`` while the stream is open, ``retrying``
-while it reconnects, ``down`` once it has retried for :data:`DOWN_AFTER_SECONDS`
-or when the embedded database's supervisor reports that the process exited
+Its state is a :class:`~realtime.sources.lifecycle.Lifecycle`, whose every
+change goes to the hub (:meth:`Hub.status`), which tells every connection
+(``status``): ``live`` while the stream is open, ``retrying`` while it
+reconnects, ``down`` once it has retried for :data:`DOWN_AFTER_SECONDS` or when
+the embedded database's supervisor reports that the process exited
 (:meth:`Feed.database_gone`), until the stream is open again.
 """
 
@@ -25,7 +26,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Mapping
-from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from realtime.backoff import Backoff
@@ -35,12 +35,10 @@ from realtime.errors import HistoryLost, RealtimeError
 from realtime.events import STREAM_OPS, Event, normalise
 from realtime.histogram import LatencyBuckets
 from realtime.names import IDEMPOTENCY_COLLECTION
-from realtime.protocol import FEED_DOWN, FEED_LIVE, FEED_RETRYING
+from realtime.sources.lifecycle import DOWN_AFTER_SECONDS, FeedState, Lifecycle, WithLifecycle
+from realtime.tasks import cancel_and_wait
 
 __all__ = ["DOWN_AFTER_SECONDS", "Feed", "FeedState", "Sink", "pipeline"]
-
-#: Seconds of retrying after which the feed is ``down``: not a blip any more.
-DOWN_AFTER_SECONDS: Final = 10.0
 
 log = logging.getLogger("realtime.feed")
 
@@ -143,23 +141,6 @@ class _Watchdog:
             self._handle = None
 
 
-class FeedState(StrEnum):
-    """Where the feed is."""
-
-    STARTING = "starting"
-    LIVE = "live"
-    RETRYING = "retrying"
-    #: Retrying for DOWN_AFTER_SECONDS, or the database process is known to be gone.
-    DOWN = "down"
-    STOPPED = "stopped"
-
-
-#: What a ``status`` message says in each state (STOPPED is never announced).
-_STATUS: Final = {FeedState.STARTING: FEED_RETRYING, FeedState.LIVE: FEED_LIVE,
-                  FeedState.RETRYING: FEED_RETRYING, FeedState.DOWN: FEED_DOWN,
-                  FeedState.STOPPED: FEED_DOWN}
-
-
 def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
     """The ``$match`` stage of the feed's change stream."""
     ops = ["insert", "update", "replace", "delete", "drop", "rename", "dropDatabase",
@@ -174,8 +155,11 @@ def pipeline(collections: list[str] | None) -> list[dict[str, Any]]:
     return [{"$match": match}]
 
 
-class Feed:
+class Feed(WithLifecycle):
     """Watches the database and publishes every change to the hub (or another sink).
+
+    Its state (``state``, ``live``, ``status``, ``last_error``,
+    ``retrying_since``, ``wait_live``) is its :attr:`lifecycle`'s.
 
     ``down_after``: seconds of retrying after which the state is ``DOWN``;
     ``keep_raw``: give each event its raw change (:attr:`Event.raw`) for a sink
@@ -192,18 +176,12 @@ class Feed:
         self._keep_raw = keep_raw
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
-        self._live = asyncio.Event()
-        self._down_after = down_after
-        self._down_timer: asyncio.TimerHandle | None = None
         #: Why the database is known to be gone (set by its supervisor), else None.
         self._gone: str | None = None
         #: Set to cut a backoff wait short (the database is back).
         self._wake = asyncio.Event()
-        self.state = FeedState.STARTING
-        hub.status(_STATUS[self.state])
-        #: Why the stream is not live, in words for people (no exception class names).
-        self.last_error: str | None = None
-        self.retrying_since: float | None = None
+        self.lifecycle = Lifecycle(hub.status, down_after=down_after,
+                                   on_down_after=self._retried_too_long)
         self.restarts = 0
         self.last_event_wall: float | None = None
         #: Commit (the event's ``wallTime``) → fanned out to writable subscribers.
@@ -226,13 +204,9 @@ class Feed:
     async def stop(self) -> None:
         """Cancel the watcher task and wait for it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._cancel_down_timer()
+        await cancel_and_wait(task)
+        self.lifecycle.stop()
         self._warmed("stopped")
-        self.state = FeedState.STOPPED
 
     @property
     def lag(self) -> float | None:
@@ -241,56 +215,22 @@ class Feed:
             return None
         return max(0.0, time.time() - self.last_event_wall)
 
-    async def wait_live(self, timeout: float) -> None:
-        """Wait until the stream is open (raises TimeoutError)."""
-        await asyncio.wait_for(self._live.wait(), timeout)
-
-    @property
-    def live(self) -> bool:
-        """True while the change stream is open."""
-        return self.state is FeedState.LIVE
-
-    @property
-    def status(self) -> str:
-        """What a ``status`` message says now: ``live``, ``retrying`` or ``down``."""
-        return _STATUS[self.state]
-
     def database_gone(self, reason: str) -> None:
         """The database process exited (its supervisor says): ``down`` until live again.
 
         ``reason`` is a sentence for people (it becomes :attr:`last_error`).
         """
         self._gone = reason
-        self.last_error = reason
-        if self.state in (FeedState.STOPPED, FeedState.DOWN):
-            return
-        if self.retrying_since is None:
-            self.retrying_since = time.time()
-        self._live.clear()
-        self._set_state(FeedState.DOWN)
+        self.lifecycle.down(reason)
 
     def database_back(self) -> None:
         """The database process runs again: retry now rather than after the backoff."""
         self._gone = None
         self._wake.set()
 
-    def _set_state(self, state: FeedState) -> None:
-        if state is not FeedState.RETRYING:
-            self._cancel_down_timer()
-        self.state = state
-        self._hub.status(_STATUS[state])
-
-    def _cancel_down_timer(self) -> None:
-        if self._down_timer is not None:
-            self._down_timer.cancel()
-            self._down_timer = None
-
     def _retried_too_long(self) -> None:
-        self._down_timer = None
-        if self.state is FeedState.RETRYING:
-            log.error("change stream still down after %.0f s of retries (%s)",
-                      self._down_after, self.last_error)
-            self._set_state(FeedState.DOWN)
+        log.error("change stream still down after %.0f s of retries (%s)",
+                  self.lifecycle.down_after, self.last_error)
 
     async def _open(self) -> ChangeStream:
         after_invalidate = self._invalidated
@@ -379,27 +319,17 @@ class Feed:
             self._hub.advance(str(token["_data"]))
 
     def _back_live(self) -> None:
-        if self.state is not FeedState.LIVE:
+        if not self.lifecycle.live:
             log.info("change stream live%s", " (resumed)" if self.token else "")
-        self.retrying_since = None
-        self.last_error = None
-        self._set_state(FeedState.LIVE)
-        self._live.set()
+        self.lifecycle.went_live()
 
     async def _retry(self, backoff: Backoff, exc: RealtimeError) -> None:
         delay = backoff.next_delay()
         self.restarts += 1
-        self._live.clear()
-        self.last_error = self._gone or exc.detail
-        if self.state not in (FeedState.RETRYING, FeedState.DOWN):
-            if self.retrying_since is None:
-                self.retrying_since = time.time()
-            if self._gone is not None:
-                self._set_state(FeedState.DOWN)
-            else:
-                self._set_state(FeedState.RETRYING)
-                self._down_timer = asyncio.get_running_loop().call_later(
-                    self._down_after, self._retried_too_long)
+        if self._gone is not None:
+            self.lifecycle.down(self._gone)  # it cannot come back before its process
+        else:
+            self.lifecycle.retrying(exc.detail)
         # The driver's exception class is for the log only (last_error is in words).
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         log.warning("change stream failed (%s: %s); retry %d in %.2f s",
@@ -427,6 +357,7 @@ class Feed:
 
     async def _pump_with(self, stream: ChangeStream, watchdog: _Watchdog) -> None:
         hub = self._hub
+        lifecycle = self.lifecycle
         while True:
             self.polls += 1
             watchdog.reading()
@@ -438,7 +369,7 @@ class Feed:
                                   f"for {watchdog.limit:.1f} s") from None
                 raise
             watchdog.idle()
-            if self.state is not FeedState.LIVE and self._gone is None:
+            if lifecycle.state is not FeedState.LIVE and self._gone is None:
                 self._back_live()  # the driver resumed the stream by itself
             if raw is None:
                 token = stream.resume_token
