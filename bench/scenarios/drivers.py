@@ -109,11 +109,13 @@ async def run(opts: Options) -> dict[str, Any]:
                 opts.log(f"drivers round {r + 1} {driver:<7}: insert_one "
                          f"{row['insert_seq_per_s']:,.0f}/s (1 at a time), "
                          f"{row['insert_c16_per_s']:,.0f}/s (16), insert → event p50 "
-                         f"{fmt(row['event_ms']['p50'], 2)} ms; REST "
-                         f"{row['rest_c16_per_s']:,.0f}/s, REST → WS p50 "
+                         f"{fmt(row['event_ms']['p50'], 2)} ms; server running: REST "
+                         f"{row['rest_c16_per_s']:,.0f}/s vs insert_one "
+                         f"{row['live_insert_c16_per_s']:,.0f}/s (16), REST → WS p50 "
                          f"{fmt(row['ws_ms']['p50'], 2)} ms p99 {fmt(row['ws_ms']['p99'], 2)} ms; "
                          f"at {PACED_RATE}/s REST ack p50 {fmt(row['paced_ack_ms']['p50'], 2)} "
-                         f"ms, insert_one alone {fmt(row['paced_insert_ms']['p50'], 2)} ms")
+                         f"ms, insert_one alone {fmt(row['live_paced_insert_ms']['p50'], 2)} ms "
+                         f"({fmt(row['paced_insert_ms']['p50'], 2)} ms with no stream open)")
     return measurement.finish(medians=medians(runs))
 
 
