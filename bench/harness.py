@@ -58,6 +58,7 @@ __all__ = [
     "WriteLog",
     "default_driver",
     "insert_floor",
+    "insert_times",
     "install_node_peer",
     "latency_stats",
     "load_average",
@@ -1066,9 +1067,9 @@ class PacedInserter:
         return log
 
 
-async def insert_floor(uri: str, database: str, driver: str, rate: float,
-                       count: int) -> dict[str, float | None]:
-    """Latency of ``insert_one`` straight into the database, one at a time at ``rate``.
+async def insert_times(uri: str, database: str, driver: str, rate: float,
+                       count: int) -> list[float]:
+    """Latencies (ms) of ``insert_one`` straight into the database, one at a time at ``rate``.
 
     The floor under a REST write at that pace: the same driver and write concern
     as the server, without HTTP or realtime in the path. (An idle gap slows a
@@ -1093,7 +1094,13 @@ async def insert_floor(uri: str, database: str, driver: str, rate: float,
             took.append((time.perf_counter_ns() - t) / 1e6)
     finally:
         await db.close()
-    return percentiles(took)
+    return took
+
+
+async def insert_floor(uri: str, database: str, driver: str, rate: float,
+                       count: int) -> dict[str, float | None]:
+    """Percentiles of :func:`insert_times`."""
+    return percentiles(await insert_times(uri, database, driver, rate, count))
 
 
 def latency_stats(report: LoadReport, log: WriteLog, expected_per_conn: int,

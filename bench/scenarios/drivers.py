@@ -47,7 +47,9 @@ from bench.harness import (
     RestWriter,
     Runs,
     Stack,
+    WriteLog,
     insert_floor,
+    insert_times,
     latency_stats,
     percentiles,
     profile_server,
@@ -84,7 +86,7 @@ async def run(opts: Options) -> dict[str, Any]:
     rounds = opts.rounds or (1 if opts.quick else 3)
     inserts = 100 if opts.quick else 2000
     events = 20 if opts.quick else 200
-    ws_writes = 20 if opts.quick else 300
+    ws_writes = 20 if opts.quick else 600
     async with report.Measurement(opts, "drivers", RENDER) as measurement:
         stack, runs = measurement.stack, measurement.runs
         for r in range(rounds):
@@ -259,21 +261,33 @@ async def _server(stack: Stack, db: EmbeddedServer, database: str, driver: Drive
         paced = await RestWriter(server.port, "lat", connections=4).open()
         try:
             # The floor at the same pace with the server's stream open (its subscriber
-            # connected), then the paced REST writes.
-            floor = await insert_floor(db.uri, database, driver, PACED_RATE, ws_writes)
+            # connected) and the paced REST writes, alternating in turns.
             await load.reset()
-            log = await paced.run(ws_writes, PACED_RATE)
-            await load.wait(ws_writes, 20, idle=10)
+            took: list[float] = []
+            log = WriteLog()
+            per = max(1, ws_writes // CHUNKS)
+            for turn in range(CHUNKS):
+                for step in ("floor", "rest") if turn % 2 == 0 else ("rest", "floor"):
+                    if step == "floor":
+                        took += await insert_times(db.uri, database, driver, PACED_RATE, per)
+                    else:
+                        part = await paced.run(per, PACED_RATE, first_seq=turn * per)
+                        log.sent |= part.sent
+                        log.acked |= part.acked
+                        log.failures += part.failures
+            floor = percentiles(took)
+            await load.wait(per * CHUNKS, 20, idle=10)
             got = await load.report()
         finally:
             await paced.close()
             await load.stop()
     finally:
         await server.stop()
-    stats = latency_stats(got, log, ws_writes, 1)
+    written = len(log.sent)
+    stats = latency_stats(got, log, written, 1)
     return {**rates, "live_paced_insert_ms": floor,
-            "ws_writes": ws_writes, "ws_write_failures": log.failures,
-            "ws_expected": ws_writes, "ws_delivered": got.total,
+            "ws_writes": written, "ws_write_failures": log.failures,
+            "ws_expected": written, "ws_delivered": got.total,
             "ws_ms": stats["sent_to_received_ms"], "paced_ack_ms": log.ack_ms(),
             "client_cores": got.cpu_cores}
 
