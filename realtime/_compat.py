@@ -46,7 +46,7 @@ import inspect
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -484,6 +484,44 @@ def forget_request(conn: Any) -> None:
         parser.close()
     except Exception as exc:
         _degrade(feature, exc, "keeping each connection's handshake request")
+
+
+# --- uvicorn: proxy headers, without a frame per connection ---------------------------
+
+
+async def _nothing_more(scope: Any, receive: Any, send: Any) -> None:
+    """The app behind :func:`proxy_headers`' middleware: the scope is all it wanted."""
+
+
+def proxy_headers(trusted_hosts: list[str] | str) -> Callable[[MutableMapping[str, Any]], None]:
+    """uvicorn's ``X-Forwarded-For`` / ``-Proto`` rules, as a function that rewrites a scope.
+
+    uvicorn's ``ProxyHeadersMiddleware`` rewrites the ``client`` and ``scheme`` of
+    the scope it is given, then awaits its app, for as long as the connection
+    lasts (a frame per open WebSocket). Given an app that returns at once, its
+    coroutine never suspends: it is run to its end here, and the scope keeps the
+    rewrite. The same rules (and ``FORWARDED_ALLOW_IPS``) as uvicorn's own; the
+    middleware's behaviour, not its code, is relied on: checked with uvicorn
+    0.52.1 to 0.54.x.
+
+    Raises:
+        ImportError: uvicorn moved the middleware.
+        RuntimeError: (when applied) the middleware suspended after all.
+    """
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    middleware = ProxyHeadersMiddleware(_nothing_more, trusted_hosts=trusted_hosts)
+
+    def apply(scope: MutableMapping[str, Any]) -> None:
+        step = middleware(scope, _nothing_more, _nothing_more)  # type: ignore[arg-type]
+        try:
+            step.send(None)
+        except StopIteration:
+            return
+        step.close()
+        raise RuntimeError("uvicorn's proxy-headers middleware suspended")
+
+    return apply
 
 
 # --- uvicorn: the server ---------------------------------------------------------------

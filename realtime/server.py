@@ -281,7 +281,13 @@ def make_server(
 
     Its WebSocket protocol is uvicorn's with the writability hook, or, if the hook
     cannot be installed (one warning), uvicorn's stock protocol. ``load_ws_protocol``
-    returns the uvicorn class the hook subclasses (tests inject one that fails).
+    returns the uvicorn class the hook subclasses (tests inject one that fails). An
+    app with ``trust_forwarded(hosts)`` (:class:`realtime.app.RealtimeApp`) is given
+    uvicorn's trusted proxies (``FORWARDED_ALLOW_IPS``) instead of being wrapped in
+    uvicorn's proxy-headers middleware.
+
+    Raises:
+        ImportError: uvicorn moved its proxy-headers middleware.
     """
     config = uvicorn.Config(
         app,
@@ -297,6 +303,11 @@ def make_server(
         log_config=log_config,
         access_log=False,
     )
+    trust_forwarded = getattr(app, "trust_forwarded", None)
+    if callable(trust_forwarded):
+        # The app applies uvicorn's proxy-header rules itself (no frame per WebSocket).
+        trust_forwarded(config.forwarded_allow_ips)
+        config.proxy_headers = False
     return RealtimeServer(config)
 
 

@@ -411,3 +411,18 @@ def test_parser_swap_fallback(degraded: None, caplog: pytest.LogCaptureFixture) 
     _compat.forget_request(conn)
     assert len(warnings_of(caplog)) == 1
     parser.close()
+
+
+def test_proxy_headers_rewrite_the_scope_of_a_trusted_peer_only() -> None:
+    apply = _compat.proxy_headers("127.0.0.1")
+    headers = [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")]
+    trusted: dict[str, Any] = {"type": "websocket", "client": ("127.0.0.1", 5000),
+                               "scheme": "ws", "headers": headers}
+    apply(trusted)
+    assert trusted["client"] == ("203.0.113.7", 0)
+    assert trusted["scheme"] == "wss"
+    stranger: dict[str, Any] = {"type": "http", "client": ("192.0.2.1", 5000),
+                                "scheme": "http", "headers": headers}
+    apply(stranger)
+    assert stranger["client"] == ("192.0.2.1", 5000)
+    assert stranger["scheme"] == "http"

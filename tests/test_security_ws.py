@@ -547,3 +547,24 @@ async def test_tenant_isolation_property(tenants: LiveServer,
             for key in POOL:
                 g = await http.get(f"{DOCS.format(coll)}/{key}", headers=bearer(f"k-{tenant}"))
                 assert g.status_code == (200 if key in model.docs[tenant] else 404)
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(settings: Settings) -> None:
+    """Behind a trusted proxy (loopback, uvicorn's default), ``X-Forwarded-For`` is the
+    client: per-address limits count the forwarded address."""
+    limited = apikey_settings(settings, KEYS, max_connections_per_client=1)
+    async with live_server(limited) as server:
+        limits = server.app.state.services.limits
+
+        def via(address: str) -> dict[str, str]:
+            return {**bearer("k-all"), "X-Forwarded-For": address}
+
+        async with raw(server.ws_url, additional_headers=via("203.0.113.7")) as one:
+            assert (await recv_json(one))["type"] == "welcome"
+            assert limits.connections_of("203.0.113.7") == 1
+            assert limits.connections_of("127.0.0.1") == 0
+            # Another forwarded client has its own slot; the same one is over its limit.
+            async with raw(server.ws_url, additional_headers=via("203.0.113.8")) as two:
+                assert (await recv_json(two))["type"] == "welcome"
+            async with raw(server.ws_url, additional_headers=via("203.0.113.7")) as three:
+                assert await close_code(three) == 1013

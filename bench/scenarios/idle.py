@@ -121,7 +121,7 @@ async def _breakdown(opts: Options, stack: Stack, uri: str) -> None:
     await child.call({"cmd": "mark"}, 120)
     load = await Load(stack, child.ws_url, [[sub]] * PROBED).start()
     rss = proc_rss(child.pid)
-    diff = await child.call({"cmd": "diff", "n": PROBED, "top": 30}, 300)
+    diff = await child.call({"cmd": "diff", "n": PROBED, "top": 45}, 300)
     await load.stop()
     await child.stop()
     lines = ["# Memory of an idle subscriber (tracemalloc)", "",

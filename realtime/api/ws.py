@@ -189,6 +189,22 @@ async def _first_message_auth(websocket: WebSocket, services: Services) -> Princ
     return principal
 
 
+def _handshake_headers(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """``Origin``, ``Host`` and ``Authorization`` of the handshake (the first of each).
+
+    Read from the raw ASGI headers rather than through ``websocket.headers``,
+    which would keep a parsed copy for the connection's life.
+    """
+    found: dict[bytes, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in _READ_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found.get(b"origin"), found.get(b"host"), found.get(b"authorization")
+
+
+_READ_HEADERS = frozenset({b"origin", b"host", b"authorization"})
+
+
 def serve_websocket(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
     """:func:`websocket_endpoint` as a bare ASGI app (see :class:`realtime.app.RealtimeApp`).
 
@@ -205,8 +221,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     limits = services.limits
     offered: list[str] = list(websocket.scope.get("subprotocols") or ())
     sub_token, subprotocol = token_from_subprotocols(offered)
-    headers = websocket.headers
-    if not origin_allowed(headers.get("origin"), headers.get("host"), settings):
+    origin, host, authorization = _handshake_headers(websocket.scope)
+    if not origin_allowed(origin, host, settings):
         limits.reject("origin")
         await _refuse(websocket, protocol.CloseCode.POLICY, "origin not allowed", subprotocol)
         return
@@ -219,7 +235,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         principal: Principal | None = ANONYMOUS
         if services.auth.enabled:
             try:
-                token = bearer_token(headers.get("authorization")) or sub_token
+                token = bearer_token(authorization) or sub_token
                 principal = None if token is None else services.auth.authenticate(token)
             except Unauthenticated as exc:
                 limits.reject("unauthenticated")
@@ -241,6 +257,8 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
     is held per connection: no closures, and each message is handled (and let
     go) by :func:`_on_message`.
     """
+    # The handshake's headers are read: the connection need not keep them for its life.
+    websocket.scope["headers"] = []
     hub = services.hub
     conn, closer = _outbox(websocket, services)
     hub.attach(conn)
