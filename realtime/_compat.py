@@ -143,7 +143,10 @@ class ProtocolHook:
     ``inbox`` and ``flag`` replace uvicorn's receive queue and writability
     ``asyncio.Event`` (lighter per connection); ``exposed(protocol)`` is the value
     of the ASGI scope extension ``extension``; ``frame(payload)`` frames one text
-    message (unmasked, no extension) for :meth:`send_now`.
+    message (unmasked, no extension) for :meth:`send_now`; ``timers(loop)`` is the
+    loop's shared timer (``schedule(delay, callback)`` returning a handle with
+    ``cancel()``), for the keepalive pings (None: one loop timer per connection,
+    uvicorn's way).
     """
 
     extension: str
@@ -151,6 +154,7 @@ class ProtocolHook:
     flag: type[Any]
     exposed: Callable[[Any], dict[str, Any]]
     frame: Callable[[bytes], bytes]
+    timers: Callable[[Any], Any] | None = None
 
 
 #: The attributes the hooked protocol keeps in slots (uvicorn 0.52.1 to 0.54 sets
@@ -175,11 +179,14 @@ _METHODS: dict[str, tuple[str, ...]] = {
     "pause_writing": ("self",),
     "resume_writing": ("self",),
     "connection_lost": ("self", "exc"),
+    "schedule_ping": ("self",),
+    "send_keepalive_ping": ("self",),
 }
 
 #: Attributes of uvicorn's protocol the hook reads or writes: uvicorn must set each.
 _STATE = ("conn", "transport", "loop", "queue", "writable", "read_paused", "close_sent",
-          "close_timer", "disconnected", "handshake_complete", "request", "response", "scope")
+          "close_timer", "disconnected", "handshake_complete", "request", "response", "scope",
+          "ping_interval", "ping_timer", "last_ping_rtt", "server")
 
 
 def _functions(cls: type[Any]) -> Iterator[FunctionType]:
@@ -312,8 +319,10 @@ def _hooked(base: type[Any], disconnected: type[Exception],
     from websockets.protocol import State
 
     OPEN = State.OPEN
-    extension, inbox, flag, exposed, frame = (
-        hook.extension, hook.inbox, hook.flag, hook.exposed, hook.frame)
+    #: The server's listening addresses, one tuple each (a few per process).
+    addresses: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    extension, inbox, flag, exposed, frame, timers = (
+        hook.extension, hook.inbox, hook.flag, hook.exposed, hook.frame, hook.timers)
 
     class RealtimeWebSocketProtocol(base):  # type: ignore[misc]
         """uvicorn's WebSocket protocol with a writability hook and 1001 on shutdown.
@@ -347,12 +356,25 @@ def _hooked(base: type[Any], disconnected: type[Exception],
                 self.request = None  # (the response answers it)
                 forget_request(self.conn)
                 scope["extensions"][extension] = exposed(self)
+                # Every connection to one listening address shares one tuple of it.
+                server = scope.get("server")
+                if isinstance(server, tuple):
+                    scope["server"] = self.server = addresses.setdefault(server, server)
 
         async def send(self, message: Any) -> None:
             await super().send(message)
             if self.handshake_complete and getattr(self, "response", None) is not None:
-                # The handshake is done: its request and response are garbage now.
+                # The handshake is done: its request and response are garbage now, and
+                # so are the extensions it could have negotiated.
                 self.request = self.response = None
+                if isinstance(getattr(self.conn, "available_extensions", None), list):
+                    self.conn.available_extensions = []
+
+        if timers is not None:
+            def schedule_ping(self: Any) -> None:
+                # One loop timer for every connection's next ping (uvicorn: one each).
+                delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+                self.ping_timer = timers(self.loop).schedule(delay, self.send_keepalive_ping)
 
         def send_now(self, text: str) -> None:
             """Write one text frame now (the caller checked writability).

@@ -16,7 +16,7 @@ request id and the proxy headers are applied without a frame of their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,14 @@ class RealtimeApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a ``/ws`` WebSocket directly; anything else the FastAPI way."""
+        await self.dispatch(scope, receive, send)
+
+    def dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """:meth:`__call__` without a frame of its own: what serves ``scope``, to await.
+
+        The server (:func:`realtime.server.make_server`) calls this one: an open
+        WebSocket then holds no frame of the app's.
+        """
         if self._forwarded is not None and scope["type"] != "lifespan":
             self._forwarded(scope)
         if (scope["type"] == "websocket" and scope["path"] == ws.WS_PATH
@@ -92,9 +100,8 @@ class RealtimeApp(FastAPI):
             scope["app"] = self
             # (Bound in this connection's own task and context: nothing to reset.)
             self._request_ids.bind(scope)
-            await ws.serve_websocket(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+            return ws.serve_websocket(scope, receive, send)
+        return super().__call__(scope, receive, send)
 
     def _telemetry_on(self) -> bool:
         """True if FastAPI's own OpenTelemetry instrumentation would trace requests."""

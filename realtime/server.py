@@ -44,6 +44,7 @@ import uvicorn
 from realtime import _compat
 from realtime.config import Settings
 from realtime.protocol import text_frame
+from realtime.timers import timers_of
 
 __all__ = ["HOOK", "WRITABLE_EXTENSION", "Flag", "FrameWriter", "Inbox", "RealtimeServer",
            "make_server", "notify_ready", "wait_started", "websocket_protocol"]
@@ -209,7 +210,7 @@ def _exposed(protocol: HookedProtocol) -> dict[str, Any]:
 
 #: The hook installed into uvicorn's WebSocket protocol.
 HOOK = _compat.ProtocolHook(WRITABLE_EXTENSION, inbox=Inbox, flag=Flag, exposed=_exposed,
-                            frame=text_frame)
+                            frame=text_frame, timers=timers_of)
 
 
 def websocket_protocol(
@@ -284,13 +285,17 @@ def make_server(
     returns the uvicorn class the hook subclasses (tests inject one that fails). An
     app with ``trust_forwarded(hosts)`` (:class:`realtime.app.RealtimeApp`) is given
     uvicorn's trusted proxies (``FORWARDED_ALLOW_IPS``) instead of being wrapped in
-    uvicorn's proxy-headers middleware.
+    uvicorn's proxy-headers middleware, and one with ``dispatch`` (the same) is
+    served through it, an ASGI 3 callable that returns what to await.
 
     Raises:
         ImportError: uvicorn moved its proxy-headers middleware.
     """
+    # An app with a frameless ``dispatch`` (RealtimeApp) is served through it.
+    dispatch = getattr(app, "dispatch", None)
     config = uvicorn.Config(
-        app,
+        dispatch if callable(dispatch) else app,
+        interface="asgi3",
         host=settings.host,
         port=settings.port,
         # loop and http stay "auto": uvloop and httptools when installed (they are).

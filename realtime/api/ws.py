@@ -210,12 +210,23 @@ def serve_websocket(scope: Scope, receive: Receive, send: Send) -> Awaitable[Non
 
     A plain function returning the endpoint's coroutine: one frame less per connection.
     """
-    return websocket_endpoint(WebSocket(scope, receive, send))
+    return websocket_endpoint(WebSocket(scope, receive, send), receive)
 
 
 @router.websocket(WS_PATH)
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Live subscriptions over WebSocket (protocol v1)."""
+async def websocket_route(websocket: WebSocket) -> None:
+    """Live subscriptions over WebSocket (protocol v1), when the app's shortcut is not taken."""
+    await websocket_endpoint(websocket, websocket.receive)
+
+
+async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
+    """Live subscriptions over WebSocket (protocol v1).
+
+    ``receive`` reads the connection's next message once it is accepted: the
+    ASGI ``receive`` itself (:func:`serve_websocket`), or ``websocket.receive``.
+    The idle connection awaits it: without Starlette's wrapper in between, it
+    holds one coroutine less (the disconnect message ends the loop either way).
+    """
     services = get_services(websocket)
     settings = services.settings
     limits = services.limits
@@ -247,10 +258,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             principal = await _first_message_auth(websocket, services)
             if principal is None:
                 return
-        await _serve(websocket, services, principal)
+        await _serve(websocket, receive, services, principal)
 
 
-async def _serve(websocket: WebSocket, services: Services, principal: Principal) -> None:
+async def _serve(websocket: WebSocket, receive: Receive, services: Services,
+                 principal: Principal) -> None:
     """The authenticated connection: welcome, then client messages until it closes.
 
     An idle connection waits here for its next message, so what this frame holds
@@ -269,7 +281,7 @@ async def _serve(websocket: WebSocket, services: Services, principal: Principal)
         conn.send(protocol.render_status(hub.feed_status))
     try:
         while not conn.closed:
-            renewed = await _on_message(services, conn, principal, await websocket.receive())
+            renewed = await _on_message(services, conn, principal, await receive())
             if renewed is None:
                 break
             if renewed is not principal:
