@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -305,10 +306,18 @@ class ChangeStream:
         self._pending = pending
         #: The client's server-selection timeout in seconds, for error messages.
         self._wait = selection_timeout
+        #: Motor only: events of the last batch read, not handed out yet.
+        self._batch: deque[dict[str, Any]] = deque()
+        self._read_batch = (_compat.motor_batch_reader(stream) if pending is None
+                            else None)
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
-        """The post-batch resume token (known before any event arrives)."""
+        """The post-batch resume token (known before any event arrives).
+
+        Read it after :meth:`try_next` returned None: while a batch read at once
+        (Motor) is being handed out, it is already past the batch's last event.
+        """
         # (A Motor stream not opened yet raises AttributeError: no token yet.)
         token = getattr(self._stream, "resume_token", None)
         return token if token is None else dict(token)
@@ -316,7 +325,10 @@ class ChangeStream:
     async def try_next(self) -> dict[str, Any] | None:
         """The next event, or None after one empty ``getMore`` wait.
 
-        Cancellation is prompt with both drivers. (PyMongo's async API finishes a
+        With Motor, a read takes the whole batch the last ``getMore`` brought in
+        one worker-thread hop and hands it out event by event
+        (:func:`realtime._compat.motor_batch_reader`). Cancellation is prompt
+        with both drivers. (PyMongo's async API finishes a
         socket read before it honours a cancellation, which can take as long as
         the server takes to answer; the read then goes on in its own task, which
         :meth:`Database.close` ends by closing the client, and awaits.)
@@ -325,8 +337,17 @@ class ChangeStream:
             DatabaseUnavailable: a transient error the driver could not resume from.
             HistoryLost: the resume point is gone from the oplog.
         """
+        if self._batch:
+            return self._batch.popleft()
         if self._pending is None:
-            return await _call(self._stream.try_next(), self._wait)
+            if self._read_batch is None:
+                return await _call(self._stream.try_next(), self._wait)
+            batch = await _call(self._read_batch(), self._wait)
+            if not batch:
+                return None
+            self._batch.extend(batch[1:])
+            first: dict[str, Any] = batch[0]
+            return first
         read = asyncio.ensure_future(self._stream.try_next())
         try:
             return await _call(asyncio.shield(read), self._wait)

@@ -22,7 +22,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient
 
 from realtime.config import Settings
-from realtime.db import Database
+from realtime.db import Database, token_order
 from realtime.embedded import EmbeddedServer, free_port
 from realtime.errors import DatabaseUnavailable, DuplicateKey, HistoryLost
 from tests.helpers import fail_point, running_app
@@ -144,6 +144,30 @@ async def test_change_stream_through_the_seam(db: Database) -> None:
         assert event["documentKey"] == {"_id": 2}
     finally:
         await resumed.close()
+
+
+async def test_a_burst_comes_through_the_seam_whole_and_in_order(db: Database) -> None:
+    """Motor reads a batch per worker-thread hop: each event still comes once, in order,
+    and the post-batch token read after the burst is past its last event."""
+    await db.prepare_collection("burst")
+    stream = await db.watch([{"$match": {"ns.coll": "burst"}}], max_await_time_ms=100)
+    try:
+        await db.collection("burst").insert_many([{"_id": i} for i in range(300)])
+        seen: list[int] = []
+        last = None
+        async with asyncio.timeout(20):
+            while len(seen) < 300:
+                event = await stream.try_next()
+                if event is not None:
+                    seen.append(event["documentKey"]["_id"])
+                    last = event["_id"]
+        assert seen == list(range(300))
+        async with asyncio.timeout(10):
+            assert await stream.try_next() is None
+        assert last is not None
+        assert token_order(str(stream.resume_token["_data"])) >= token_order(str(last["_data"]))
+    finally:
+        await stream.close()
 
 
 async def test_history_lost_is_translated(db: Database, mongo: EmbeddedServer) -> None:
