@@ -38,13 +38,13 @@ from bench.report import Row, cpu_note
 __all__ = ["RENDER", "run"]
 
 #: Messages/s offered to realtime: more than it can deliver.
-OFFERED = 150_000
+OFFERED = 1_000_000
 
 
 async def run(opts: Options) -> dict[str, Any]:
     """Run the scenario; return (and write) its report."""
     sizes = opts.sizes or ((20,) if opts.quick else (100, 500, 1000, 2000))
-    messages = 2_000 if opts.quick else 300_000
+    messages = 2_000 if opts.quick else 1_500_000
     driver = opts.driver()
     other = other_driver(driver)
     async with report.Measurement(opts, "fanout", RENDER) as measurement:
