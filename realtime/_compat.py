@@ -79,6 +79,7 @@ CHECKED = {
     "websockets": "13.0 to 17.x",
     "fastapi": "0.115 to 0.165 (native telemetry since 0.142)",
     "motor": "3.7",
+    "pymongo": "4.11 to 4.20",
 }
 
 #: Features that fell back to the plain path (each warned about once per process).

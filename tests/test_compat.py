@@ -426,3 +426,57 @@ def test_proxy_headers_rewrite_the_scope_of_a_trusted_peer_only() -> None:
     apply(stranger)
     assert stranger["client"] == ("192.0.2.1", 5000)
     assert stranger["scheme"] == "http"
+
+
+def test_motor_batch_reader_falls_back_for_a_stream_not_opened(
+        degraded: None, caplog: pytest.LogCaptureFixture) -> None:
+    class Unopened:
+        delegate = None
+
+    assert _compat.motor_batch_reader(Unopened()) is None
+    assert any("batch" in w for w in warnings_of(caplog))
+
+
+async def test_motor_batch_reader_hands_out_a_batch_then_raises_what_cut_it_short(
+        degraded: None, caplog: pytest.LogCaptureFixture) -> None:
+    """One read returns what the cursor holds; an error met after the first event
+    comes with the next read, nothing lost before it."""
+    from collections import deque
+
+    class Cursor:
+        def __init__(self) -> None:
+            self._data: deque[Any] = deque()
+
+    class Delegate:
+        """PyMongo's change stream as the reader sees it: try_next over a buffer."""
+
+        def __init__(self, batches: list[list[Any]]) -> None:
+            self._cursor = Cursor()
+            self.batches = batches
+
+        def try_next(self) -> Any:
+            if not self._cursor._data:
+                if not self.batches:
+                    return None
+                self._cursor._data.extend(self.batches.pop(0))  # a getMore
+                if not self._cursor._data:
+                    return None
+            item = self._cursor._data.popleft()
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+    class Stream:
+        def __init__(self, delegate: Delegate) -> None:
+            self.delegate = delegate
+
+    boom = RuntimeError("a bad event")
+    read = _compat.motor_batch_reader(Stream(Delegate([[1, 2, 3], [4, boom, 5], []])))
+    assert read is not None
+    assert not warnings_of(caplog)
+    assert await read() == [1, 2, 3]
+    assert await read() == [4]
+    with pytest.raises(RuntimeError, match="a bad event"):
+        await read()
+    assert await read() == [5]
+    assert await read() == []
