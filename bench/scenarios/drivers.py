@@ -249,10 +249,12 @@ async def _server(stack: Stack, db: EmbeddedServer, database: str, driver: Drive
         try:
             rates = await _alternating(db.uri, database, driver, writer, chunk)
             if profile is not None:
-                seconds = max(1.0, chunk / max(rates["rest_c16_per_s"], 1.0))
+                # (all the writes again: a few seconds, enough samples to say which
+                # layer costs what)
+                seconds = max(1.0, writes / max(rates["rest_c16_per_s"], 1.0))
                 profiling = asyncio.ensure_future(profile_server(
                     server.pid, seconds, profile.results(), f"rest-{driver}", profile.log))
-                await writer.run(chunk, None, first_seq=writes)
+                await writer.run(writes, None, first_seq=writes)
                 await profiling
         finally:
             await writer.close()
