@@ -78,7 +78,8 @@ test: lint types pytest pytest-pymongo test-lowest
 # they exercise: .ci/lowest.py reads the pins from pyproject.toml. A venv of its own,
 # reinstalled when the requirements it derives change. Both drivers, as in `make test`.
 LOWEST       := .venv-lowest
-LOWEST_TESTS := tests/test_compat.py tests/test_server.py tests/test_ws.py tests/test_client.py
+LOWEST_TESTS := tests/test_compat.py tests/test_server.py tests/test_ws.py tests/test_client.py \
+                tests/test_keepalive.py tests/test_driver.py
 
 $(LOWEST)/bin/python:
 	$(PYTHON) -m venv $(LOWEST)
