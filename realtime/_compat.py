@@ -47,7 +47,7 @@ import itertools
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -699,8 +699,12 @@ async def open_motor_change_stream(stream: Any) -> None:
 MOTOR_BATCH = 1000
 
 
-def motor_batch_reader(stream: Any) -> Callable[[], Awaitable[list[Any]]] | None:
+def motor_batch_reader(stream: Any) -> Callable[[], asyncio.Future[list[Any]]] | None:
     """Read a Motor change stream a batch at a time: one worker-thread hop per batch.
+
+    Each call starts one read on the loop's default executor and returns its
+    future (a cancelled waiter does not stop the thread: wait for the future
+    before closing the stream).
 
     Motor's ``try_next`` hops to a worker thread (and back for the GIL) for every
     event, even one the last ``getMore`` already brought. The reader returned
@@ -740,7 +744,7 @@ def motor_batch_reader(stream: Any) -> Callable[[], Awaitable[list[Any]]] | None
             failed.append(exc)
         return batch
 
-    async def read_batch() -> list[Any]:
-        return await asyncio.get_running_loop().run_in_executor(None, read)
+    def read_batch() -> asyncio.Future[list[Any]]:
+        return asyncio.get_running_loop().run_in_executor(None, read)
 
     return read_batch

@@ -100,6 +100,9 @@ _RESUMABLE_CODES = frozenset(
 _HISTORY_LOST_CODES = frozenset({286, 280})
 #: Seconds a cancelled PyMongo read may take to stop before it is left to close().
 _CANCEL_GRACE = 0.5
+#: Seconds a change stream's close waits for a Motor read in flight (a getMore
+#: waits up to the feed's ``maxAwaitTimeMS``, 1 s by default).
+_CLOSE_WAIT = 1.5
 #: Collection handles :meth:`Database.collection` keeps.
 HANDLES_KEPT = 1024
 
@@ -306,10 +309,13 @@ class ChangeStream:
         self._pending = pending
         #: The client's server-selection timeout in seconds, for error messages.
         self._wait = selection_timeout
-        #: Motor only: events of the last batch read, not handed out yet.
+        #: Motor only: events of the last batch read, not handed out yet, and the read
+        #: in flight (kept when its caller is cancelled: the next read takes its batch,
+        #: and close waits for it).
         self._batch: deque[dict[str, Any]] = deque()
         self._read_batch = (_compat.motor_batch_reader(stream) if pending is None
                             else None)
+        self._reading: asyncio.Future[list[Any]] | None = None
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
@@ -342,7 +348,16 @@ class ChangeStream:
         if self._pending is None:
             if self._read_batch is None:
                 return await _call(self._stream.try_next(), self._wait)
-            batch = await _call(self._read_batch(), self._wait)
+            if self._reading is None:
+                self._reading = self._read_batch()
+            try:
+                batch = await _call(asyncio.shield(self._reading), self._wait)
+            except asyncio.CancelledError:
+                raise  # the read goes on: the next call takes its batch, close waits
+            except BaseException:
+                self._reading = None
+                raise
+            self._reading = None
             if not batch:
                 return None
             self._batch.extend(batch[1:])
@@ -363,8 +378,19 @@ class ChangeStream:
             raise
 
     async def close(self) -> None:
-        """Close the server cursor (errors ignored)."""
-        with contextlib.suppress(PyMongoError):
+        """Close the server cursor (errors ignored).
+
+        A Motor batch read still in flight (its caller cancelled) is given up to
+        :data:`_CLOSE_WAIT` seconds to end first: the driver's cursor must not be
+        closed on one thread while another reads it.
+        """
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            await asyncio.wait({reading}, timeout=_CLOSE_WAIT)
+            if reading.done():
+                with contextlib.suppress(BaseException):
+                    reading.result()  # retrieved: the stream closes anyway
+        with contextlib.suppress(Exception):
             await self._stream.close()
 
 

@@ -170,6 +170,34 @@ async def test_a_burst_comes_through_the_seam_whole_and_in_order(db: Database) -
         await stream.close()
 
 
+async def test_a_stream_closes_clean_under_a_read_cancelled_mid_wait(db: Database) -> None:
+    """A read cancelled while its getMore waits goes on in the driver (it cannot be
+    stopped); closing the stream then waits for it instead of closing the cursor
+    under it (the feed closes a stream whose read it cancelled)."""
+    await db.prepare_collection("cancelled")
+    stream = await db.watch([{"$match": {"ns.coll": "cancelled"}}], max_await_time_ms=300)
+    try:
+        read = asyncio.ensure_future(stream.try_next())
+        done, _ = await asyncio.wait({read}, timeout=0.05)  # (its getMore now waits)
+        assert not done
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+    finally:
+        await stream.close()
+    # The database still serves a new stream on the same client.
+    again = await db.watch([{"$match": {"ns.coll": "cancelled"}}], max_await_time_ms=100)
+    try:
+        await db.collection("cancelled").insert_one({"_id": "after"})
+        event = None
+        async with asyncio.timeout(10):
+            while event is None:
+                event = await again.try_next()
+        assert event["documentKey"] == {"_id": "after"}
+    finally:
+        await again.close()
+
+
 async def test_history_lost_is_translated(db: Database, mongo: EmbeddedServer) -> None:
     async with fail_point(mongo.uri, data={"failCommands": ["aggregate"], "errorCode": 286}):
         with pytest.raises(HistoryLost):
